@@ -1,0 +1,145 @@
+"""The QC standard: a versioned data file of per-view items, thresholds and messages.
+
+Thresholds are data, not code, so a site can tune them and every verdict can name the standard's
+version. Loading validates everything and names the offending key, because a silently ignored typo in
+a threshold is a QC failure nobody sees.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Final, Literal
+
+from edge.qc.structures import STRUCTURES, VIEWS, View
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 (Ubuntu 22.04) ships Python 3.10
+    import tomli as tomllib
+
+Severity = Literal["fail", "warn"]
+ParamValue = float | int | str
+
+# Every item the judge knows, with the parameters it needs. Unknown items or keys are errors.
+ITEM_PARAMS: Final[dict[str, frozenset[str]]] = {
+    "upper_coverage": frozenset({"structure", "min_margin_mm"}),
+    "lower_coverage": frozenset({"min_margin_mm"}),
+    "lateral_coverage": frozenset({"min_margin_mm"}),
+    "front_back_coverage": frozenset({"min_margin_mm"}),
+    "centring": frozenset({"max_offset_fraction"}),
+    "axis_tilt": frozenset({"max_tilt_deg"}),
+    "rotation_spinous": frozenset({"max_offset_ratio"}),
+    "rotation_pedicles": frozenset({"min_ratio", "max_ratio"}),
+    "pelvis_rotation": frozenset({"min_ratio", "max_ratio"}),
+    "disc_spaces": frozenset({"min_visible_levels", "min_gap_mm"}),
+    "foramina": frozenset({"min_visible_levels", "min_overlap"}),
+    "collimation": frozenset({"max_area_ratio", "margin_mm"}),
+    "exposure_index": frozenset({"fail_above", "fail_below", "warn_above", "warn_below"}),
+    "clipping": frozenset({"max_clipped_fraction"}),
+    "rotation_double_margins": frozenset({"max_gap_mm"}),
+    "tilt_double_endplates": frozenset({"max_gap_mm"}),
+    "obliquity": frozenset({"min_angle_deg", "max_angle_deg", "min_eye_position", "max_eye_position"}),
+    "facet_joints": frozenset({"min_visible_levels", "max_angle_deg"}),
+}
+_COMMON_KEYS: Final = frozenset({"severity", "message"})
+# oblique lower coverage names its structure; AP/lateral lower coverage is fixed anatomy.
+_OPTIONAL_PARAMS: Final[dict[str, frozenset[str]]] = {"lower_coverage": frozenset({"structure"})}
+
+DEFAULT_STANDARD: Final = "lumbar-1.0.toml"
+
+
+class StandardError(ValueError):
+    """A QC standard file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ItemRule:
+    view: View
+    item: str
+    severity: Severity
+    message: str
+    params: Mapping[str, ParamValue]
+
+    def number(self, key: str) -> float:
+        value = self.params[key]
+        if isinstance(value, str):
+            raise StandardError(f"{self.view}.{self.item}.{key}: expected a number, got {value!r}")
+        return float(value)
+
+    def text(self, key: str) -> str:
+        return str(self.params[key])
+
+
+@dataclass(frozen=True)
+class Standard:
+    name: str
+    version: str
+    items: Mapping[View, Mapping[str, ItemRule]]
+
+    def rule(self, view: View, item: str) -> ItemRule:
+        return self.items[view][item]
+
+
+def _check_item(where: str, view: View, item: str, table: object) -> ItemRule:
+    if item not in ITEM_PARAMS:
+        raise StandardError(f"{where}: unknown item '{view}.{item}' (known: {', '.join(sorted(ITEM_PARAMS))})")
+    if not isinstance(table, dict):
+        raise StandardError(f"{where}: '{view}.{item}' must be a table")
+    required = ITEM_PARAMS[item]
+    allowed = required | _COMMON_KEYS | _OPTIONAL_PARAMS.get(item, frozenset())
+    for key in table:
+        if key not in allowed:
+            raise StandardError(f"{where}: unknown key '{view}.{item}.{key}' (allowed: {', '.join(sorted(allowed))})")
+    for key in sorted(required | _COMMON_KEYS):
+        if key not in table:
+            raise StandardError(f"{where}: missing key '{view}.{item}.{key}'")
+    severity = table["severity"]
+    if severity not in ("fail", "warn"):
+        raise StandardError(f"{where}: '{view}.{item}.severity' must be 'fail' or 'warn', got {severity!r}")
+    params: dict[str, ParamValue] = {}
+    for key, value in table.items():
+        if key in _COMMON_KEYS:
+            continue
+        if key == "structure":
+            if value not in STRUCTURES:
+                raise StandardError(f"{where}: '{view}.{item}.structure' names unknown structure {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise StandardError(f"{where}: '{view}.{item}.{key}' must be a number, got {value!r}")
+        params[key] = value
+    return ItemRule(view=view, item=item, severity=severity, message=str(table["message"]), params=params)
+
+
+def parse_standard(data: Mapping[str, object], where: str = "<standard>") -> Standard:
+    """Validate a parsed standard document; `where` names its source in every error."""
+    for key in data:
+        if key != "standard" and key not in VIEWS:
+            raise StandardError(f"{where}: unknown top-level key '{key}' (expected 'standard' or a view {VIEWS})")
+    header = data.get("standard")
+    if not isinstance(header, dict) or not {"name", "version"} <= header.keys():
+        raise StandardError(f"{where}: missing [standard] table with 'name' and 'version'")
+    items: dict[View, dict[str, ItemRule]] = {}
+    for view in VIEWS:
+        table = data.get(view)
+        if not isinstance(table, dict):
+            raise StandardError(f"{where}: missing view table [{view}.*]")
+        items[view] = {name: _check_item(where, view, name, body) for name, body in table.items()}
+    return Standard(name=str(header["name"]), version=str(header["version"]), items=items)
+
+
+def load_standard(path: Path | None = None) -> Standard:
+    """Load a standard file, or the one shipped with edge-qc when `path` is None."""
+    if path is None:
+        text = resources.files("edge.qc").joinpath("standards", DEFAULT_STANDARD).read_text("utf-8")
+        where = f"edge/qc/standards/{DEFAULT_STANDARD}"
+    else:
+        text = path.read_text("utf-8")
+        where = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StandardError(f"{where}: {exc}") from exc
+    return parse_standard(data, where)

@@ -1,0 +1,57 @@
+"""The anatomy the segmentation model outputs, one channel per structure.
+
+Structures overlap in a projection radiograph (a pedicle lies on its vertebral body), so each is a
+channel of its own (multi-label), never a class in one exclusive map. The order here is the order of
+the model's output channels; the phantom writes ground truth under the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+View = Literal["ap", "lateral", "oblique"]
+VIEWS: Final[tuple[View, ...]] = ("ap", "lateral", "oblique")
+
+VERTEBRAL_LEVELS: Final[tuple[str, ...]] = ("T12", "L1", "L2", "L3", "L4", "L5")
+LUMBAR_LEVELS: Final[tuple[str, ...]] = VERTEBRAL_LEVELS[1:]
+
+STRUCTURES: Final[tuple[str, ...]] = (
+    "field",  # the exposed (collimated) field
+    *(f"body_{level}" for level in VERTEBRAL_LEVELS),
+    "sacrum",
+    "pedicle_left",
+    "pedicle_right",
+    "spinous_process",
+    "transverse_process",
+    "si_joint_left",
+    "si_joint_right",
+    "iliac_crest",
+    "disc",
+    "foramen",
+    "articular_process",
+)
+
+# Where a structure is defined. Elsewhere its ground truth is empty by definition (an intervertebral
+# foramen is hidden behind the pedicles on an AP view), and training should not penalise it there.
+STRUCTURE_VIEWS: Final[dict[str, frozenset[View]]] = {name: frozenset(VIEWS) for name in STRUCTURES} | {
+    "foramen": frozenset({"lateral"}),
+    "articular_process": frozenset({"oblique"}),
+    "si_joint_left": frozenset({"ap", "oblique"}),
+    "si_joint_right": frozenset({"ap", "oblique"}),
+    "transverse_process": frozenset({"ap", "oblique"}),
+}
+
+
+def body(level: str) -> str:
+    """Channel name of the vertebral body at `level` (e.g. "L3")."""
+    if level not in VERTEBRAL_LEVELS:
+        raise ValueError(f"unknown vertebral level {level!r}; expected one of {VERTEBRAL_LEVELS}")
+    return f"body_{level}"
+
+
+# The anatomy each view must show: the centring and collimation items measure its bounding box.
+REQUIRED_STRUCTURES: Final[dict[View, tuple[str, ...]]] = {
+    "ap": (*(f"body_{lv}" for lv in VERTEBRAL_LEVELS), "transverse_process", "si_joint_left", "si_joint_right"),
+    "lateral": (*(f"body_{lv}" for lv in VERTEBRAL_LEVELS), "spinous_process", "disc"),
+    "oblique": (*(f"body_{lv}" for lv in VERTEBRAL_LEVELS), "articular_process"),
+}

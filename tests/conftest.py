@@ -1,0 +1,54 @@
+"""Shared fixtures: phantom images with chosen acquisition variables, external DICOM tools."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tools.phantom.acquisition import Acquisition, sample_acquisition
+from tools.phantom.anatomy import PatientParams, sample_patient
+from tools.phantom.dataset import PhantomImage, SetOptions, generate_image, image_rng
+
+DCMTK_DUMP = Path("/usr/bin/dcmdump")
+DCMTK_TO_PNM = Path("/usr/bin/dcmj2pnm")
+DCMTK_JPEGLS_TO_PNM = Path("/usr/bin/dcml2pnm")
+DCIODVFY = Path("/usr/bin/dciodvfy")
+
+
+def require_tool(path: Path) -> Path:
+    if not path.exists() and shutil.which(path.name) is None:
+        pytest.skip(f"{path} not installed (apt-get install dcmtk dicom3tools)")
+    return path if path.exists() else Path(shutil.which(path.name) or path)
+
+
+def straight_patient(seed: int = 3) -> PatientParams:
+    """A sampled patient without scoliosis, so that symmetry is exact."""
+    return replace(sample_patient(image_rng(seed, 0)), scoliosis_deg=0.0)
+
+
+def ideal_acquisition(view: str, **changes: object) -> Acquisition:
+    """A faultless acquisition of `view`, then `changes` (e.g. projection, rotation_deg)."""
+    base = sample_acquisition(image_rng(3, 1), view, 0.0)  # type: ignore[arg-type]
+    ideal = replace(
+        base,
+        rotation_deg=0.0,
+        tilt_deg=0.0,
+        pelvis_rotation_deg=0.0,
+        tube_angle_deg=0.0,
+        centring_x_mm=0.0,
+        centring_y_mm=0.0,
+        deviation_index=0.0,
+        faults=(),
+        fault_values={},
+    )
+    return replace(ideal, **changes)  # type: ignore[arg-type]
+
+
+def render_case(
+    acq: Acquisition, size_px: int = 1024, patient: PatientParams | None = None, seed: int = 3
+) -> PhantomImage:
+    options = SetOptions(seed=seed, size_px=size_px, fault_rate=0.0)
+    return generate_image(options, 0, patient=patient or straight_patient(seed), acquisition=acq)

@@ -1,0 +1,1 @@
+"""Workstation-side tools (phantom, training, export, benchmarks). Never shipped to the Jetson."""

@@ -1,0 +1,218 @@
+"""Phantom images as a real modality would send them: DX For Presentation, uncompressed or lossless.
+
+Identifiers are unmistakably synthetic (PHANTOM^...), UIDs are derived from the seed so that the same
+seed gives the same bytes, and every tag the QC engine reads (pixel spacing, view, exposure index...)
+is filled the way a DR system fills it, including the inconsistent-but-legal variants it must handle
+(MONOCHROME1, 12-16 bits stored).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    UID,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+import edge
+from tools.phantom.acquisition import SID_MM, Acquisition
+
+Compression = Literal["none", "rle", "jpegls", "j2k"]
+COMPRESSIONS: Final[dict[str, UID]] = {
+    "none": ExplicitVRLittleEndian,
+    "rle": RLELossless,
+    "jpegls": JPEGLSLossless,
+    "j2k": JPEG2000Lossless,
+}
+# DICOM View Position: defined terms AP, PA, LL, RL, ...; obliques as the modality's own terms
+VIEW_POSITION: Final[dict[str, str]] = {
+    "AP": "AP",
+    "PA": "PA",
+    "LAT": "LL",
+    "LPO": "LPO",
+    "RPO": "RPO",
+    "LAO": "LAO",
+    "RAO": "RAO",
+}
+PATIENT_ORIENTATION: Final[dict[str, list[str]]] = {
+    "AP": ["L", "F"],
+    "PA": ["L", "F"],
+    "LAT": ["A", "F"],
+    "LPO": ["L", "F"],
+    "RPO": ["L", "F"],
+    "LAO": ["L", "F"],
+    "RAO": ["L", "F"],
+}
+# DICOM CID 4010 (DX View), SNOMED CT
+VIEW_CODE: Final[dict[str, tuple[str, str]]] = {
+    "AP": ("399348003", "antero-posterior"),
+    "PA": ("272479007", "postero-anterior"),
+    "LAT": ("399173006", "left lateral"),
+    "LPO": ("399006002", "left posterior oblique"),
+    "RPO": ("399038007", "right posterior oblique"),
+    "LAO": ("399135007", "left anterior oblique"),
+    "RAO": ("399356000", "right anterior oblique"),
+}
+IMPLEMENTATION_VERSION: Final = "EDGEQC_PHANTOM"
+
+
+@dataclass(frozen=True)
+class ImageIdentity:
+    """Synthetic identifiers of one phantom image, all derived from (seed, index)."""
+
+    seed: int
+    index: int
+
+    def uid(self, kind: str) -> UID:
+        """A 2.25 UID (ISO/IEC 9834-8) from a hash of (seed, index, kind): unique and reproducible."""
+        digest = hashlib.sha256(f"edge-qc phantom/{self.seed}/{self.index}/{kind}".encode()).digest()
+        return UID(f"2.25.{int.from_bytes(digest[:16], 'big')}")
+
+    @property
+    def patient_name(self) -> str:
+        return f"PHANTOM^LUMBAR^S{self.seed}N{self.index:04d}"
+
+    @property
+    def patient_id(self) -> str:
+        return f"PHANTOM-{self.seed}-{self.index:04d}"
+
+    @property
+    def when(self) -> dt.datetime:
+        return dt.datetime(2026, 1, 1, 8, 0, 0) + dt.timedelta(days=self.seed % 300, minutes=7 * self.index)
+
+
+def build_dataset(
+    stored: NDArray[np.uint16],
+    acq: Acquisition,
+    identity: ImageIdentity,
+    pitch_mm: float,
+    magnification: float,
+    exposure_index: float,
+    window_centre: float,
+    window_width: float,
+    sex: str,
+    patient_thickness_mm: float,
+) -> Dataset:
+    when = identity.when
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = identity.uid("sop")
+    # patient and study: clearly synthetic
+    ds.PatientName = identity.patient_name
+    ds.PatientID = identity.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = sex
+    ds.PatientComments = "Synthetic phantom (edge-qc DRR), not a patient"
+    ds.StudyInstanceUID = identity.uid("study")
+    ds.StudyDate, ds.StudyTime = date, time
+    ds.StudyID = f"P{identity.index:04d}"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "PHANTOM LUMBAR SPINE"
+    # series and equipment
+    ds.Modality = "DX"
+    ds.SeriesInstanceUID = identity.uid("series")
+    ds.SeriesNumber = 1
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.SeriesDescription = f"L-SPINE {VIEW_POSITION[acq.projection]}"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = "edge-qc"
+    ds.ManufacturerModelName = "Lumbar DRR phantom"
+    ds.SoftwareVersions = f"edge-qc {edge.__version__}"
+    ds.DeviceSerialNumber = "PHANTOM-0001"
+    ds.InstitutionName = "Synthetic phantom"
+    ds.StationName = "PHANTOM"
+    # image
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.AcquisitionDateTime = when.strftime("%Y%m%d%H%M%S")
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PatientOrientation = PATIENT_ORIENTATION[acq.projection]
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    ds.QualityControlImage = "NO"
+    ds.BodyPartExamined = "LSPINE"
+    ds.ImageLaterality = "U"
+    region = Dataset()
+    region.CodeValue = "122496007"
+    region.CodingSchemeDesignator = "SCT"
+    region.CodeMeaning = "Lumbar spine"
+    ds.AnatomicRegionSequence = Sequence([region])
+    ds.ViewPosition = VIEW_POSITION[acq.projection]
+    view = Dataset()
+    view.CodeValue, view.CodeMeaning = VIEW_CODE[acq.projection]
+    view.CodingSchemeDesignator = "SCT"
+    view.ViewModifierCodeSequence = Sequence([])
+    ds.ViewCodeSequence = Sequence([view])
+    ds.PositionerType = "COLUMN"
+    ds.PatientPosition = ""
+    ds.AcquisitionContextSequence = Sequence([])
+    # pixels
+    rows, cols = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = acq.photometric
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated = 16
+    ds.BitsStored = acq.bits_stored
+    ds.HighBit = acq.bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1 if acq.photometric == "MONOCHROME2" else 1
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.PresentationLUTShape = "IDENTITY" if acq.photometric == "MONOCHROME2" else "INVERSE"
+    ds.WindowCenter = f"{window_centre:.1f}"
+    ds.WindowWidth = f"{window_width:.1f}"
+    ds.WindowCenterWidthExplanation = "NORMAL"
+    ds.AcquisitionDeviceProcessingDescription = "LOG, RANGE COMPRESSION, EDGE ENHANCEMENT"
+    # detector and geometry
+    ds.DetectorType = "SCINTILLATOR"
+    ds.DetectorConfiguration = "AREA"
+    ds.DetectorID = "PHANTOM-CSI-43"
+    ds.ImagerPixelSpacing = [f"{pitch_mm:.6f}", f"{pitch_mm:.6f}"]
+    spacing = pitch_mm / magnification
+    ds.PixelSpacing = [f"{spacing:.6f}", f"{spacing:.6f}"]
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.PixelSpacingCalibrationDescription = "Magnification at the spine plane from the acquisition geometry"
+    ds.EstimatedRadiographicMagnificationFactor = f"{magnification:.5f}"
+    ds.DistanceSourceToDetector = f"{SID_MM:.1f}"
+    ds.DistanceSourceToPatient = f"{SID_MM / magnification:.1f}"  # to the isocentre (the spine plane)
+    ds.BodyPartThickness = f"{patient_thickness_mm:.0f}"
+    ds.FieldOfViewShape = "RECTANGLE"
+    ds.FieldOfViewDimensions = [round(rows * pitch_mm), round(cols * pitch_mm)]
+    ds.Grid = ["FOCUSED", "RECIPROCATING"]
+    # exposure (IEC 62494-1): DI = 10 log10(EI / EI_T), kept consistent
+    ds.KVP = f"{acq.kvp:.0f}"
+    ds.ExposureIndex = f"{exposure_index:.1f}"
+    ds.TargetExposureIndex = f"{acq.target_ei:.1f}"
+    ds.DeviationIndex = f"{10 * np.log10(float(ds.ExposureIndex) / float(ds.TargetExposureIndex)):.2f}"
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    return ds
+
+
+def write_dicom(ds: Dataset, path: Path, compression: Compression) -> None:
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if compression != "none":
+        arr = np.frombuffer(ds.PixelData, dtype="<u2").reshape(ds.Rows, ds.Columns)
+        ds.compress(COMPRESSIONS[compression], arr, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
