@@ -141,3 +141,19 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
         )
         assert result.returncode == 2
         assert "error" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.dcmtk
+def test_full_size_files_from_the_default_command(tmp_path: Path) -> None:
+    """The default size (2,500 px over 43 cm) as a modality sends it, checked by DCMTK and dciodvfy."""
+    verify, to_pnm = require_tool(DCIODVFY), require_tool(DCMTK_TO_PNM)
+    run_cli("--out", str(tmp_path), "--count", "3", "--seed", "7")
+    for entry in manifest(tmp_path)["images"]:
+        path = tmp_path / entry["file"]
+        ds = pydicom.dcmread(path)
+        assert (ds.Rows, ds.Columns) == (2500, 2500)
+        assert float(ds.ImagerPixelSpacing[0]) == pytest.approx(0.172)
+        result = subprocess.run([verify, path], capture_output=True, text=True)
+        assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+        assert subprocess.run([to_pnm, path, tmp_path / "x.pnm"], capture_output=True).returncode == 0

@@ -116,7 +116,11 @@ def _signed(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi) * rng.choice([-1.0, 1.0]))
 
 
-def sample_acquisition(rng: np.random.Generator, view: View, fault_rate: float) -> Acquisition:
+def sample_acquisition(
+    rng: np.random.Generator, view: View, fault_rate: float, force_faults: tuple[str, ...] | None = None
+) -> Acquisition:
+    """Sample one exposure of `view`; with probability `fault_rate` inject one fault (sometimes two),
+    or exactly `force_faults` when given."""
     if view == "ap":
         projection: Projection = "AP" if rng.random() < 0.85 else "PA"
     elif view == "lateral":
@@ -131,6 +135,11 @@ def sample_acquisition(rng: np.random.Generator, view: View, fault_rate: float) 
             second = str(rng.choice(choices))
             if second not in faults and {second, faults[0]} != {"over_exposure", "under_exposure"}:
                 faults.append(second)
+    if force_faults is not None:
+        unknown = [f for f in force_faults if f not in FAULTS[view]]
+        if unknown:
+            raise ValueError(f"faults {unknown} do not apply to {view} (use {', '.join(FAULTS[view])})")
+        faults = list(force_faults)
     lateral = view == "lateral"
     acq = Acquisition(
         projection=projection,
@@ -149,8 +158,8 @@ def sample_acquisition(rng: np.random.Generator, view: View, fault_rate: float) 
         saturation_fraction=0.0,
         scatter_to_primary=float(rng.uniform(0.8, 1.5) if lateral else rng.uniform(0.4, 0.8)),
         heel_effect=float(rng.uniform(-0.08, 0.08)),
-        edge_enhancement=float(rng.uniform(0.3, 1.2)),
-        range_compression=float(rng.uniform(0.2, 0.6)),
+        edge_enhancement=float(rng.uniform(0.5, 1.5)),
+        range_compression=float(rng.uniform(0.5, 0.8)),
         bits_stored=int(rng.choice([12, 14, 16])),
         photometric="MONOCHROME1" if rng.random() < 0.3 else "MONOCHROME2",
         marker=str(rng.choice(["L", "R", ""], p=[0.45, 0.45, 0.1])),  # type: ignore[arg-type]
@@ -183,7 +192,7 @@ def sample_acquisition(rng: np.random.Generator, view: View, fault_rate: float) 
         elif fault == "saturation":
             acq = replace(acq, saturation_fraction=float(rng.uniform(0.03, 0.2)))
         elif fault in ("cut_top", "cut_bottom", "cut_lateral"):
-            values[fault] = float(rng.uniform(4, 25))  # how far the field edge cuts in (mm)
+            values[fault] = float(rng.uniform(10, 30))  # how far the field edge cuts in (mm)
         elif fault == "over_collimation":
             values[fault] = float(rng.uniform(1.75, 2.8))  # target field area / minimal field
     return replace(acq, fault_values=values)
@@ -215,10 +224,9 @@ def source_position(acq: Acquisition) -> F64:
 def isocentre_depth(anatomy: Anatomy, rotation: F64) -> float:
     """Lab Z of the isocentre such that the skin nearest the detector lies TABLE_GAP_MM above it."""
     toward_detector = rotation.T @ np.array([0.0, 0.0, 1.0])
-    half_x, half_y = anatomy.trunk_half_mm
-    support = np.hypot(half_x * toward_detector[0], half_y * toward_detector[1])
-    offset = (anatomy.trunk_centre - anatomy.isocentre)[:2] @ toward_detector[:2]
-    return float(-TABLE_GAP_MM - (support + offset))
+    outline = anatomy.trunk_outline() - anatomy.isocentre[:2]
+    support = float((outline @ toward_detector[:2]).max())
+    return float(-TABLE_GAP_MM - support)
 
 
 @dataclass(frozen=True)

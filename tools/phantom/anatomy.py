@@ -21,6 +21,7 @@ from tools.phantom.frames import frame_from_axis, rot_x, rot_y, rot_z
 from tools.phantom.raycast import Plane, Primitive, Shape
 
 F64 = NDArray[np.float64]
+SILHOUETTE = "_body"  # internal mask of the patient's outline (names starting "_" are never written)
 
 # level: width, depth, height, pedicle width, pedicle height, pedicle medial angle, interpedicular
 # distance, canal depth, spinous length, spinous height, transverse span (tip to tip)
@@ -116,6 +117,19 @@ class Anatomy:
     trunk_half_mm: tuple[float, float] = (170.0, 112.0)
     isocentre: F64 = field(default_factory=lambda: np.zeros(3))
     pelvis_pivot: F64 = field(default_factory=lambda: np.zeros(3))
+    back_y: float = 100.0
+
+    def trunk_outline(self, n: int = 360) -> F64:
+        """The trunk's cross-section (x, y) as a polygon: the ellipse below the flat back."""
+        half_x, half_y = self.trunk_half_mm
+        ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        pts = np.stack([half_x * np.cos(ang), half_y * np.sin(ang)], axis=1) + self.trunk_centre[:2]
+        inside = pts[pts[:, 1] <= self.back_y]
+        dy = (self.back_y - self.trunk_centre[1]) / half_y
+        if abs(dy) < 1:
+            x = half_x * np.sqrt(1 - dy**2)
+            inside = np.vstack([inside, [[-x, self.back_y], [x, self.back_y]]])
+        return np.asarray(inside)
 
 
 class _Builder:
@@ -330,19 +344,33 @@ def build_anatomy(p: PatientParams, lordosis_factor: float = 1.0) -> Anatomy:
 
     # ---- sacrum and pelvis ---------------------------------------------------------------------
     _sacrum_and_pelvis(pelvis, pts, p, sacrum_frame, s1_centre, s1_height, frames, mixed_bone)
-    anatomy.pelvis_pivot = s1_centre.copy()
+    # the pelvis turns on the table about a vertical axis between the hip joints
+    anatomy.pelvis_pivot = np.array([0.0, float(pts["pelvis.hip.left.centre"][0, 1]), float(s1_centre[2])])
 
     # ---- soft tissue ----------------------------------------------------------------------------
     l3_centre = frames["L3"][0]
     spinous_tip_y = float(pts["spinous.L3.tip"][0, 1])
     back_y = spinous_tip_y + 18 + p.fat_mm * 0.8
     half_ap, half_lat = p.trunk_ap_mm / 2, p.trunk_lateral_mm / 2
-    trunk_c = np.array([0.0, back_y - half_ap, l3_centre[2]])
+    # the trunk: an ellipse deeper than the body, cut flat at the back (lying on the table)
+    ellipse_ap = 1.35 * half_ap
+    trunk_c = np.array([0.0, back_y - 2 * half_ap + ellipse_ap, l3_centre[2]])
     anatomy.trunk_centre = trunk_c
-    anatomy.trunk_half_mm = (half_lat, half_ap)
+    anatomy.trunk_half_mm = (half_lat, ellipse_ap)
+    anatomy.back_y = back_y
     eye = np.eye(3)
-    spine.add("cylinder", trunk_c, eye, (half_lat, half_ap, 520), mat.FAT)
-    spine.add("cylinder", trunk_c, eye, (half_lat - p.fat_mm, half_ap - p.fat_mm * 0.8, 520), mat.SOFT - mat.FAT)
+    back = Plane(np.array([0.0, back_y, 0.0]), np.array([0.0, 1.0, 0.0]))
+    inner_back = Plane(np.array([0.0, back_y - 0.6 * p.fat_mm, 0.0]), np.array([0.0, 1.0, 0.0]))
+    spine.add("cylinder", trunk_c, eye, (half_lat, ellipse_ap, 520), mat.FAT, planes=(back,))
+    spine.add("cylinder", trunk_c, eye, (half_lat, ellipse_ap, 520), 0.0, SILHOUETTE, planes=(back,))
+    spine.add(
+        "cylinder",
+        trunk_c,
+        eye,
+        (half_lat - p.fat_mm, ellipse_ap - p.fat_mm * 0.8, 520),
+        mat.SOFT - mat.FAT,
+        planes=(inner_back,),
+    )
     # psoas with the retroperitoneal fat that makes its shadow, and the kidneys in their fat
     for side in (1.0, -1.0):
         c = np.array([side * (frames["L3"][2][0] / 2 + 16), 2.0, l3_centre[2] - 25])
@@ -419,7 +447,7 @@ def _vertebra(
         centre,
         frame,
         (width / 2, depth / 2, height / 2),
-        (cortex, cortex, 1.0),
+        (cortex, cortex, 0.6),
         f"body_{level}" if labelled else None,
     )
     # the posterior wall is concave: the lateral lobes make the double contour of a rotated lateral
@@ -487,7 +515,7 @@ def _vertebra(
             tp_c,
             frame_from_axis(tp_axis, frame[:, 2]),
             (thick * 0.75, thick, tp_len / 2),
-            b.bone(mixed_bone),
+            b.bone(0.5 * (mixed_bone + mat.CANCELLOUS)),
             "transverse_process" if labelled else None,
         )
         pts[f"transverse.{level}.{name}.tip"] = (base + tp_axis * tp_len)[None, :]
@@ -501,7 +529,7 @@ def _vertebra(
         sp_c,
         frame_from_axis(sp_axis, frame[:, 2]),
         (3.8 if level != "L5" else 4.5, sp_h / 2, sp_len / 2),
-        b.bone(mixed_bone),
+        b.bone(0.5 * (mixed_bone + mat.CANCELLOUS)),
         "spinous_process" if labelled else None,
     )
     pts[f"spinous.{level}.centre"] = sp_c[None, :]
@@ -657,6 +685,7 @@ def _sacrum_and_pelvis(
         )
         pts[f"pelvis.iliac_crest.{name}.top"] = (wing_c + wing_axes @ np.array([0, 0, wh]))[None, :]
         hip = np.array([side * (w / 2 + 75 * k), -38.0 * k, -105.0 * k])
+        pts[f"pelvis.hip.{name}.centre"] = hip[None, :]
         body_c = 0.5 * (hip + wing_c) + np.array([0, 0, -10.0])
         b.shelled(
             "ellipsoid",

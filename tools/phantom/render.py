@@ -28,7 +28,7 @@ from tools.phantom.acquisition import (
     posed_primitives,
     structure_extent,
 )
-from tools.phantom.anatomy import Anatomy
+from tools.phantom.anatomy import SILHOUETTE, Anatomy
 from tools.phantom.raycast import Detector, Primitive, project, project_points
 
 F32 = NDArray[np.float32]
@@ -38,7 +38,6 @@ Bool = NDArray[np.bool_]
 QUANTA_PER_UGY_MM2: Final = 28_500.0  # ~1,500 quanta per 0.145 mm pixel at 2.5 uGy
 DETECTOR_MTF50_MM: Final = 0.107  # Gaussian sigma giving MTF 50 % at ~1.75 cycles/mm
 ELECTRONIC_NOISE_QUANTA: Final = 3.0
-BODY: Final = "_body"  # internal mask: the patient's silhouette (never written as a structure)
 
 
 @dataclass(frozen=True)
@@ -79,24 +78,32 @@ class Rendering:
     primitives_lab: list[Primitive]
 
 
-def choose_field(anatomy: Anatomy, acq: Acquisition) -> Field:
-    """The field a radiographer would set on a well-centred patient, then the injected field faults."""
+def choose_field(anatomy: Anatomy, acq: Acquisition) -> tuple[Field, Pose, list[Primitive]]:
+    """The field a radiographer would set on a well-centred patient, then the injected field faults;
+    with the patient's actual pose and posed solids."""
     nominal = make_pose(anatomy, acq, with_centring=False)
-    prims = posed_primitives(anatomy, nominal)
+    actual = make_pose(anatomy, acq)
+    nominal_prims = posed_primitives(anatomy, nominal)
+    actual_prims = posed_primitives(anatomy, actual)
 
-    def extent(*structures: str) -> Extent:
-        ext = structure_extent(prims, nominal.source, structures)
+    def extent(*structures: str, pose: Pose = actual) -> Extent:
+        prims = actual_prims if pose is actual else nominal_prims
+        ext = structure_extent(prims, pose.source, structures)
         if ext is None:
             raise ValueError(f"phantom: {structures} not projected for {acq.projection}")
         return ext
 
-    x0, x1, y0, y1 = extent(*REQUIRED_STRUCTURES[acq.view])
+    # the field set for where the anatomy should be; a cut-off fault sets one edge into where it is
+    x0, x1, y0, y1 = extent(*REQUIRED_STRUCTURES[acq.view], pose=nominal)
     m = acq.field_margin_mm
     # collimator blades are symmetric about the central ray, which is aimed at the anatomy's middle
     half_x = max(-x0, x1) + m
     half_y = max(-y0, y1) + m
     x0, x1, y0, y1 = -half_x, half_x, -half_y, half_y
     values = acq.fault_values
+    if "over_collimation" in values:
+        grow = float(np.sqrt(values["over_collimation"]))
+        x0, x1, y0, y1 = x0 * grow, x1 * grow, y0 * grow, y1 * grow
     if "cut_top" in values:
         top = {"ap": "body_T12", "lateral": "body_L1", "oblique": "body_L1"}[acq.view]
         y0 = extent(top)[2] + values["cut_top"]
@@ -104,8 +111,8 @@ def choose_field(anatomy: Anatomy, acq: Acquisition) -> Field:
         if acq.view == "ap":
             y1 = extent("si_joint_left", "si_joint_right")[3] - values["cut_bottom"]
         elif acq.view == "lateral":
-            rims = np.concatenate([nominal.to_lab(anatomy.points[f"disc.L5-S1.{r}_rim"]) for r in ("upper", "lower")])
-            y1 = float(project_points(rims, nominal.source)[:, 1].max()) - values["cut_bottom"]
+            rims = np.concatenate([actual.to_lab(anatomy.points[f"disc.L5-S1.{r}_rim"]) for r in ("upper", "lower")])
+            y1 = float(project_points(rims, actual.source)[:, 1].max()) - values["cut_bottom"]
         else:
             y1 = extent("body_L5")[3] - values["cut_bottom"]
     if "cut_lateral" in values:
@@ -114,11 +121,8 @@ def choose_field(anatomy: Anatomy, acq: Acquisition) -> Field:
             x1 = -x0
         else:  # spinous processes lie towards -X on a left lateral
             x0 = extent("spinous_process")[0] + values["cut_lateral"]
-    if "over_collimation" in values:
-        grow = float(np.sqrt(values["over_collimation"]))
-        x0, x1, y0, y1 = x0 * grow, x1 * grow, y0 * grow, y1 * grow
     lim = DETECTOR_MM / 2 - 2.0
-    return Field(max(x0, -lim), min(x1, lim), max(y0, -lim), min(y1, lim))
+    return Field(max(x0, -lim), min(x1, lim), max(y0, -lim), min(y1, lim)), actual, actual_prims
 
 
 def _marker(det: Detector, field: Field, letter: str, mirrored: bool) -> F32:
@@ -158,13 +162,14 @@ def _smooth(image: F32, sigma_px: float) -> F32:
     return np.asarray(out, dtype=np.float32)
 
 
-def _bone_texture(bone: Bool, pitch_mm: float, rng: np.random.Generator) -> F32:
-    """Trabecular texture: band-passed noise (about 1-3 mm) to add to the line integral over bone."""
+def _bone_texture(bone: F32, pitch_mm: float, rng: np.random.Generator) -> F32:
+    """Trabecular texture: band-passed noise (about 1-3 mm) to add to the line integral over bone,
+    weighted by `bone` (0 where there is none)."""
     if not bone.any():
         return np.zeros(bone.shape, dtype=np.float32)
     noise = rng.standard_normal(bone.shape, dtype=np.float32)
-    band = _smooth(noise, max(0.6 / pitch_mm, 0.4)) - _smooth(noise, max(2.5 / pitch_mm, 0.8))
-    band *= np.float32(0.025 / max(float(band.std()), 1e-6))
+    band = _smooth(noise, max(0.5 / pitch_mm, 0.4)) - _smooth(noise, max(2.0 / pitch_mm, 0.8))
+    band *= np.float32(0.02 / max(float(band.std()), 1e-6))
     return np.asarray(band * bone, dtype=np.float32)
 
 
@@ -194,11 +199,7 @@ def _edge_profile(coords: F64, lo: float, hi: float, width_mm: float) -> F32:
 
 def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Generator) -> Rendering:
     det = Detector(rows=size_px, cols=size_px, pitch_mm=DETECTOR_MM / size_px)
-    field = choose_field(anatomy, acq)
-    pose = make_pose(anatomy, acq)
-    prims = posed_primitives(anatomy, pose)
-    trunk = prims[0]  # the outer trunk also marks the patient's silhouette
-    prims.append(Primitive(trunk.shape, trunk.centre, trunk.axes, trunk.half_mm, 0.0, BODY))
+    field, pose, prims = choose_field(anatomy, acq)
     mirrored = acq.projection in ("PA", "LAO", "RAO")
 
     # Everything the detector records happens inside the exposed field plus its penumbra: compute
@@ -219,12 +220,14 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
     crop = (slice(r0, r1), slice(c0, c1))
     xs, ys = det.col_x()[c0:c1], det.row_y()[r0:r1]
     in_field = field_mask[crop]
-    body = unclipped[BODY][crop] & in_field
+    body = unclipped[SILHOUETTE][crop] & in_field
 
-    bone = np.zeros(in_field.shape, dtype=bool)
+    bone = np.zeros(in_field.shape, dtype=np.float32)  # where trabecular texture shows, and how much
     for name, mask in unclipped.items():
-        if name.startswith(("body_", "sacrum", "pedicle_")):
-            bone |= mask[crop]
+        if name.startswith(("body_", "pedicle_")):
+            bone[mask[crop]] = 1.0
+        elif name == "sacrum":
+            bone[mask[crop] & (bone == 0)] = 0.4
     line_integral = line_full[crop] + _bone_texture(bone, det.pitch_mm, rng)
     if acq.marker:
         line_integral += _marker(det, field, acq.marker, mirrored)[crop]
@@ -262,8 +265,13 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
     deviation_index = 10 * np.log10(exposure_index / acq.target_ei)
 
     full_scale = quanta_per_ugy * 2000.0
-    if acq.saturation_fraction > 0 and body.any():
-        full_scale = float(np.quantile(expected[body], 1.0 - acq.saturation_fraction))
+    # the anatomy the view must show: where clipping would hide what QC and the reader need
+    anatomy_region = np.zeros(in_field.shape, dtype=bool)
+    for name in REQUIRED_STRUCTURES[acq.view]:
+        anatomy_region |= unclipped[name][crop]
+    anatomy_region &= in_field
+    if acq.saturation_fraction > 0 and anatomy_region.any():
+        full_scale = float(np.quantile(expected[anatomy_region], 1.0 - acq.saturation_fraction))
 
     # quantum noise: Poisson (normal approximation where the count is large) plus electronic noise
     noisy = expected + np.sqrt(expected) * rng.standard_normal(expected.shape, dtype=np.float32)
@@ -273,19 +281,22 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
     saturated = noisy >= full_scale
     starved = noisy <= 1.0
     np.clip(noisy, 1.0, full_scale, out=noisy)
-    clipped_fraction = float((saturated | starved)[body].mean()) if body.any() else 0.0
+    clipped_fraction = float((saturated | starved)[anatomy_region].mean()) if anatomy_region.any() else 0.0
 
     # For Presentation: log, range compression, edge enhancement, window to the stored bit depth
     log_image = np.log(np.float32(i0) / noisy)
-    coarse = _blur_large(log_image, 25.0 / det.pitch_mm)
+    coarse = _blur_large(log_image, 60.0 / det.pitch_mm)
     fine = _smooth(log_image, max(1.5 / det.pitch_mm, 0.5))
     processed = (
         coarse * np.float32(1 - acq.range_compression)
         + (log_image - coarse)
         + np.float32(acq.edge_enhancement) * (log_image - fine)
     )
+    # window as the modality's auto-ranging does: from the soft tissue to the brightest spine
     inside = processed[body] if body.any() else processed[in_field]
-    lo, hi = (float(v) for v in np.percentile(inside, [0.5, 99.8]))
+    lo = float(np.percentile(inside, 1.0))
+    hi = float(np.percentile(processed[spine_region], 97.5))
+    hi = max(hi, lo + 1e-3)
     max_value = (1 << acq.bits_stored) - 1
     # a filmic tone curve: linear in the middle, soft shoulders keep detail in bone and soft tissue
     unit = (processed - np.float32(lo)) * np.float32(1.0 / max(hi - lo, 1e-6))
