@@ -361,8 +361,7 @@ def build_anatomy(p: PatientParams, lordosis_factor: float = 1.0) -> Anatomy:
     eye = np.eye(3)
     back = Plane(np.array([0.0, back_y, 0.0]), np.array([0.0, 1.0, 0.0]))
     inner_back = Plane(np.array([0.0, back_y - 0.6 * p.fat_mm, 0.0]), np.array([0.0, 1.0, 0.0]))
-    spine.add("cylinder", trunk_c, eye, (half_lat, ellipse_ap, 520), mat.FAT, planes=(back,))
-    spine.add("cylinder", trunk_c, eye, (half_lat, ellipse_ap, 520), 0.0, SILHOUETTE, planes=(back,))
+    spine.add("cylinder", trunk_c, eye, (half_lat, ellipse_ap, 520), mat.FAT, SILHOUETTE, planes=(back,))
     spine.add(
         "cylinder",
         trunk_c,

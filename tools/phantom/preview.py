@@ -36,21 +36,28 @@ def display_image(stored: NDArray[np.uint16], photometric: str, max_value: int) 
 
 
 def tile(grey: NDArray[np.uint8], masks: dict[str, NDArray[np.bool_]], height: int, caption: str) -> Image.Image:
-    step = max(1, grey.shape[0] // height)
-    small = grey[::step, ::step]
+    """The exposed field (plus a margin) at `height` pixels, each structure's outline in its colour."""
+    field = masks.get("field")
+    rows, cols = (np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))) if field is not None and \
+        field.any() else (np.arange(grey.shape[0]), np.arange(grey.shape[1]))
+    pad = grey.shape[0] // 40
+    r0, r1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, grey.shape[0])
+    c0, c1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, grey.shape[1])
+    step = max(1, (r1 - r0) // height)
+    small = grey[r0:r1:step, c0:c1:step]
     rgb = np.repeat(small[:, :, None], 3, axis=2).astype(np.uint8)
     for name, mask in masks.items():
-        m = mask[::step, ::step]
+        m = mask[r0:r1:step, c0:c1:step]
         edge = m & ~ndimage.binary_erosion(m)
         rgb[edge] = BODY_COLOUR if name.startswith("body_") else COLOURS.get(name, (255, 255, 255))
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, image.width, 13), fill=(0, 0, 0))
+    draw.rectangle((0, 0, image.width, 12), fill=(0, 0, 0))
     draw.text((2, 1), caption, fill=(255, 255, 255))
     return image
 
 
-def contact_sheet(tiles: list[Image.Image], columns: int = 4) -> Image.Image:
+def contact_sheet(tiles: list[Image.Image], columns: int = 6) -> Image.Image:
     w = max(t.width for t in tiles)
     h = max(t.height for t in tiles)
     rows = (len(tiles) + columns - 1) // columns
@@ -63,7 +70,7 @@ def contact_sheet(tiles: list[Image.Image], columns: int = 4) -> Image.Image:
 def caption(entry: dict[str, Any]) -> str:
     qc = entry["qc"]
     failed = ",".join(qc["failed_items"]) or "-"
-    return f"#{entry['index']} {entry['projection']} {qc['verdict'].upper()} {failed}"[:60]
+    return f"#{entry['index']} {entry['projection']} {qc['verdict'].upper()} {failed}"[:48]
 
 
 def write_preview(path: Path, tiles: list[Image.Image]) -> None:
