@@ -47,6 +47,7 @@ def test_fault_that_does_not_apply_is_refused() -> None:
 
 
 def test_faultless_images_mostly_pass() -> None:
-    verdicts = [generate_image(SetOptions(seed=5, size_px=160, fault_rate=0.0), i).entry["qc"]["verdict"]
-                for i in range(24)]
+    verdicts = [
+        generate_image(SetOptions(seed=5, size_px=160, fault_rate=0.0), i).entry["qc"]["verdict"] for i in range(24)
+    ]
     assert verdicts.count("pass") >= 18, verdicts  # natural variation may still fail a few

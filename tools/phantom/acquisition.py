@@ -33,44 +33,19 @@ VIEW_OF: Final[dict[str, View]] = {
     "LAO": "oblique",
     "RAO": "oblique",
 }
+_FIELD_AND_EXPOSURE_FAULTS = (
+    "cut_top",
+    "cut_bottom",
+    "off_centre",
+    "over_collimation",
+    "over_exposure",
+    "under_exposure",
+    "saturation",
+)
 FAULTS: Final[dict[View, tuple[str, ...]]] = {
-    "ap": (
-        "rotation",
-        "tilt",
-        "pelvis_rotation",
-        "tube_angle",
-        "cut_top",
-        "cut_bottom",
-        "cut_lateral",
-        "off_centre",
-        "over_collimation",
-        "over_exposure",
-        "under_exposure",
-        "saturation",
-    ),
-    "lateral": (
-        "rotation",
-        "tilt",
-        "cut_top",
-        "cut_bottom",
-        "cut_lateral",
-        "off_centre",
-        "over_collimation",
-        "over_exposure",
-        "under_exposure",
-        "saturation",
-    ),
-    "oblique": (
-        "under_rotated",
-        "over_rotated",
-        "cut_top",
-        "cut_bottom",
-        "off_centre",
-        "over_collimation",
-        "over_exposure",
-        "under_exposure",
-        "saturation",
-    ),
+    "ap": ("rotation", "tilt", "pelvis_rotation", "tube_angle", "cut_lateral", *_FIELD_AND_EXPOSURE_FAULTS),
+    "lateral": ("rotation", "tilt", "cut_lateral", *_FIELD_AND_EXPOSURE_FAULTS),
+    "oblique": ("under_rotated", "over_rotated", *_FIELD_AND_EXPOSURE_FAULTS),
 }
 TARGET_EI: Final[dict[View, float]] = {"ap": 300.0, "lateral": 400.0, "oblique": 300.0}
 SID_MM: Final = 1100.0

@@ -21,6 +21,8 @@ from tools.phantom.frames import frame_from_axis, rot_x, rot_y, rot_z
 from tools.phantom.raycast import Plane, Primitive, Shape
 
 F64 = NDArray[np.float64]
+FORAMEN_HALF_MM = (4.0, 4.5, 8.0)  # lateral, AP, height semi-axes of an intervertebral foramen
+SI_JOINT_BAND_MM = 10.0  # width of the SI joint structure across the joint line
 SILHOUETTE = "_body"  # internal mask of the patient's outline (names starting "_" are never written)
 
 # level: width, depth, height, pedicle width, pedicle height, pedicle medial angle, interpedicular
@@ -591,9 +593,9 @@ def _facets_and_foramina(
         pts[f"facet.{joint}.{name}.normal"] = axes[:, 0][None, :]
         # foramen: between the pedicles of the two levels, behind the disc (a mask, not a solid)
         f_c = z_mid + frame @ np.array([side * p_x * 0.9, 0.5 * (depth + upper_d[1]) / 2 + 3.0, 2.0])
-        b.add("ellipsoid", f_c, frame, (4.0, 4.5, 8.0), 0.0, "foramen" if upper != "T11" else None)
+        b.add("ellipsoid", f_c, frame, FORAMEN_HALF_MM, 0.0, "foramen" if upper != "T11" else None)
         pts[f"foramen.{joint}.{name}.centre"] = f_c[None, :]
-    pts[f"foramen.{joint}.half_ap_mm"] = np.array([[4.5, 0, 0]])
+    pts[f"foramen.{joint}.half_mm"] = np.array([FORAMEN_HALF_MM])
 
 
 def _beta(frame: F64) -> float:
@@ -639,8 +641,10 @@ def _sacrum_and_pelvis(
         axes = np.column_stack([normal, line, np.cross(normal, line)])
         if axes[2, 2] < 0:
             axes[:, 2] *= -1
-        half_j = (1.3, 17.0 * k, 30.0 * k)
-        b.add("box", j_c, axes, half_j, 0.0, f"si_joint_{name}")
+        half_j = (1.3, 17.0 * k, 30.0 * k)  # the joint space itself (no bone: it shows as a dark line)
+        # the SI joint structure is the joint with its subchondral margins, a band a reader (and a
+        # 512-pixel network) can locate; the joint line runs down its middle
+        b.add("box", j_c, axes, (SI_JOINT_BAND_MM / 2, half_j[1], half_j[2]), 0.0, f"si_joint_{name}")
         pts[f"pelvis.si_joint.{name}.centre"] = j_c[None, :]
         pts[f"pelvis.si_joint.{name}.corners"] = np.asarray(
             [j_c + axes @ (np.array([0, sl, sz]) * half_j) for sl in (-1, 1) for sz in (-1, 1)]

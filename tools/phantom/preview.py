@@ -38,8 +38,11 @@ def display_image(stored: NDArray[np.uint16], photometric: str, max_value: int) 
 def tile(grey: NDArray[np.uint8], masks: dict[str, NDArray[np.bool_]], height: int, caption: str) -> Image.Image:
     """The exposed field (plus a margin) at `height` pixels, each structure's outline in its colour."""
     field = masks.get("field")
-    rows, cols = (np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0))) if field is not None and \
-        field.any() else (np.arange(grey.shape[0]), np.arange(grey.shape[1]))
+    rows, cols = (
+        (np.flatnonzero(field.any(axis=1)), np.flatnonzero(field.any(axis=0)))
+        if field is not None and field.any()
+        else (np.arange(grey.shape[0]), np.arange(grey.shape[1]))
+    )
     pad = grey.shape[0] // 40
     r0, r1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, grey.shape[0])
     c0, c1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, grey.shape[1])

@@ -147,24 +147,31 @@ def _band(value: float, lo: float | None, hi: float | None, tol: float) -> tuple
     return ("pass" if ok else "fail"), near
 
 
-def _count_item(
-    values: dict[str, float],
-    threshold: float,
-    at_least: bool,
-    need: int,
-    tol: float,
-) -> tuple[Outcome, bool, int]:
-    """Pass when at least `need` levels are visible; borderline if a tolerance shift changes that."""
+def _visible_levels(
+    item: str, values: dict[str, float], rule: ItemRule, limit_key: str, at_least: bool, tol: float, detail: str
+) -> ItemTruth:
+    """Items that count the levels at which a structure is shown: pass with at least
+    `min_visible_levels` levels whose value is >= (or <=, with at_least False) the limit; borderline
+    when shifting the limit by `tol` either way changes the outcome."""
+    need = int(rule.number("min_visible_levels"))
+    limit = rule.number(limit_key)
 
     def count(shift: float) -> int:
         if at_least:
-            return sum(v >= threshold + shift for v in values.values())
-        return sum(v <= threshold + shift for v in values.values())
+            return sum(v >= limit + shift for v in values.values())
+        return sum(v <= limit + shift for v in values.values())
 
     n = count(0.0)
     strict, loose = count(tol if at_least else -tol), count(-tol if at_least else tol)
     outcome: Outcome = "pass" if n >= need else "fail"
-    return outcome, (strict >= need) != (loose >= need), n
+    return ItemTruth(
+        item,
+        float(n),
+        "levels",
+        outcome,
+        (strict >= need) != (loose >= need),
+        {"threshold": need, detail: {k: round(v, 3) for k, v in values.items()}},
+    )
 
 
 def evaluate(anatomy: Anatomy, acq: Acquisition, rendering: Rendering, standard: Standard) -> dict[str, ItemTruth]:
@@ -311,38 +318,19 @@ def disc_gap_mm(g: _Geometry, joint: str) -> float:
 
 def _disc_spaces(g: _Geometry, acq: Acquisition, rule: ItemRule) -> ItemTruth:
     gaps = {joint: disc_gap_mm(g, joint) for joint in DISC_JOINTS}
-    need = int(rule.number("min_visible_levels"))
-    min_gap = rule.number("min_gap_mm")
-    outcome, near, n = _count_item(gaps, min_gap, True, need, 0.5)
-    return ItemTruth(
-        "disc_spaces",
-        float(n),
-        "levels",
-        outcome,
-        near,
-        {"threshold": need, "gap_mm": {k: round(v, 3) for k, v in gaps.items()}},
-    )
+    return _visible_levels("disc_spaces", gaps, rule, "min_gap_mm", True, 0.5, "gap_mm")
 
 
 def _foramina(g: _Geometry, acq: Acquisition, rule: ItemRule) -> ItemTruth:
+    """The left and right foramina superimpose on a true lateral: overlap of the two openings."""
     overlaps = {}
+    axis, across = g.spine_axis(), g.across()
     for joint in DISC_JOINTS:
         d = g.one(f"foramen.{joint}.left.centre") - g.one(f"foramen.{joint}.right.centre")
-        axis, across = g.spine_axis(), g.across()
-        half_ap = float(g.anatomy.points[f"foramen.{joint}.half_ap_mm"][0, 0]) * g.mag
-        dist = np.hypot((d @ across) / (2 * half_ap), (d @ axis) / (2 * 8.0 * g.mag))
+        _, half_ap, half_height = g.anatomy.points[f"foramen.{joint}.half_mm"][0] * g.mag
+        dist = np.hypot((d @ across) / (2 * half_ap), (d @ axis) / (2 * half_height))
         overlaps[joint] = max(0.0, 1.0 - float(dist))
-    need = int(rule.number("min_visible_levels"))
-    limit = rule.number("min_overlap")
-    outcome, near, n = _count_item(overlaps, limit, True, need, 0.05)
-    return ItemTruth(
-        "foramina",
-        float(n),
-        "levels",
-        outcome,
-        near,
-        {"threshold": need, "overlap": {k: round(v, 3) for k, v in overlaps.items()}},
-    )
+    return _visible_levels("foramina", overlaps, rule, "min_overlap", True, 0.05, "overlap")
 
 
 def _collimation(g: _Geometry, acq: Acquisition, rule: ItemRule) -> ItemTruth:
@@ -467,17 +455,7 @@ def _facet_joints(g: _Geometry, acq: Acquisition, rule: ItemRule) -> ItemTruth:
         beam = centre - g.pose.source
         beam /= np.linalg.norm(beam)
         angles[joint] = float(np.degrees(np.arcsin(min(1.0, abs(float(normal @ beam))))))
-    need = int(rule.number("min_visible_levels"))
-    limit = rule.number("max_angle_deg")
-    outcome, near, n = _count_item(angles, limit, False, need, 1.0)
-    return ItemTruth(
-        "facet_joints",
-        float(n),
-        "levels",
-        outcome,
-        near,
-        {"threshold": need, "beam_to_joint_deg": {k: round(v, 2) for k, v in angles.items()}},
-    )
+    return _visible_levels("facet_joints", angles, rule, "max_angle_deg", False, 1.0, "beam_to_joint_deg")
 
 
 _ITEMS: Final[dict[str, Callable[[_Geometry, Acquisition, ItemRule], ItemTruth]]] = {
