@@ -124,7 +124,7 @@ def sample_acquisition(
         pelvis_rotation_deg=float(np.clip(rng.normal(0, 1.0), -2, 2)),
         tube_angle_deg=float(np.clip(rng.normal(0, 0.6), -1.2, 1.2) if lateral else np.clip(rng.normal(0, 2.0), -5, 5)),
         lordosis_factor=float(rng.uniform(0.85, 1.0) if lateral else rng.uniform(0.45, 0.75)),
-        centring_x_mm=float(np.clip(rng.normal(0, 6), -15, 15)),
+        centring_x_mm=float(np.clip(rng.normal(0, 4), -8, 8)),
         centring_y_mm=float(np.clip(rng.normal(0, 8), -20, 20)),
         field_margin_mm=float(rng.uniform(15, 35)),
         deviation_index=float(np.clip(rng.normal(0, 0.45), -2.2, 2.2)),

@@ -216,6 +216,8 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
     r0, r1, c0, c1 = roi
     line_full, unclipped = project(prims, det, pose.source, roi=roi, full_frame=frozenset(STRUCTURES))
     field_mask = field.mask(det)
+    for name in (*STRUCTURES, SILHOUETTE):  # a structure can miss the detector altogether
+        unclipped.setdefault(name, np.zeros((det.rows, det.cols), dtype=bool))
     unclipped["field"] = field_mask
     crop = (slice(r0, r1), slice(c0, c1))
     xs, ys = det.col_x()[c0:c1], det.row_y()[r0:r1]
