@@ -55,3 +55,6 @@ REQUIRED_STRUCTURES: Final[dict[View, tuple[str, ...]]] = {
     "lateral": (*(f"body_{lv}" for lv in VERTEBRAL_LEVELS), "spinous_process", "disc"),
     "oblique": (*(f"body_{lv}" for lv in VERTEBRAL_LEVELS), "articular_process"),
 }
+
+# The model's view head: the view as seen, with the side an oblique demonstrates.
+VIEW_CLASSES: Final[tuple[str, ...]] = ("ap", "lateral", "oblique_left", "oblique_right")

@@ -38,6 +38,7 @@ Bool = NDArray[np.bool_]
 QUANTA_PER_UGY_MM2: Final = 28_500.0  # ~1,500 quanta per 0.145 mm pixel at 2.5 uGy
 DETECTOR_MTF50_MM: Final = 0.107  # Gaussian sigma giving MTF 50 % at ~1.75 cycles/mm
 ELECTRONIC_NOISE_QUANTA: Final = 3.0
+MIN_FIELD_MM: Final = 50.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,13 @@ def choose_field(anatomy: Anatomy, acq: Acquisition) -> tuple[Field, Pose, list[
             x1 = -x0
         else:  # spinous processes lie towards -X on a left lateral
             x0 = extent("spinous_process")[0] + values["cut_lateral"]
+    # however the edges were pushed, a collimator still opens at least MIN_FIELD_MM each way
+    for lo_edge, hi_edge in ((0, 1), (2, 3)):
+        edges = [x0, x1, y0, y1]
+        if edges[hi_edge] - edges[lo_edge] < MIN_FIELD_MM:
+            middle = 0.5 * (edges[lo_edge] + edges[hi_edge])
+            edges[lo_edge], edges[hi_edge] = middle - MIN_FIELD_MM / 2, middle + MIN_FIELD_MM / 2
+        x0, x1, y0, y1 = edges
     lim = DETECTOR_MM / 2 - 2.0
     return Field(max(x0, -lim), min(x1, lim), max(y0, -lim), min(y1, lim)), actual, actual_prims
 
@@ -299,7 +307,7 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
         + np.float32(acq.edge_enhancement) * (log_image - fine)
     )
     # window as the modality's auto-ranging does: from the soft tissue to the brightest spine
-    inside = processed[body] if body.any() else processed[in_field]
+    inside = processed[body] if body.any() else processed[in_field] if in_field.any() else processed
     lo = float(np.percentile(inside, 1.0))
     hi = float(np.percentile(processed[spine_region], 97.5))
     hi = max(hi, lo + 1e-3)

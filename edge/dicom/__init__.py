@@ -1,0 +1,1 @@
+"""DICOM ingest and decoding."""

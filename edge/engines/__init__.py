@@ -1,0 +1,1 @@
+"""Model artifacts on the device: manifests, precision recipes, engines."""

@@ -1,0 +1,39 @@
+"""The mixed-precision recipe: FP16 body, FP32 inputs and outputs, the output layers kept in FP32.
+
+TensorRT 10.12+ deprecates (and 11 removes) the builder's FP16 flag; the portable path is an ONNX
+model converted to mixed precision offline and built as a strongly typed network. The same converted
+model runs on ONNX Runtime, so the cost of FP16 is measured before any device sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def output_layers(model: Any, depth: int = 2) -> list[str]:
+    """Names of the nodes within `depth` steps of a graph output (final conv, sigmoid, softmax...)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    frontier = [o.name for o in model.graph.output]
+    names: list[str] = []
+    for _ in range(depth):
+        next_frontier = []
+        for tensor in frontier:
+            node = producers.get(tensor)
+            if node is not None and node.name not in names:
+                names.append(node.name)
+                next_frontier.extend(node.input)
+        frontier = next_frontier
+    return names
+
+
+def to_mixed_precision(model: Any) -> Any:
+    """An ONNX ModelProto in FP16 except its inputs, outputs and output layers (needs onnxconverter-common)."""
+    import warnings
+
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():  # tiny weights rounding to FP16's smallest normal: expected, not news
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(
+            model, keep_io_types=True, node_block_list=output_layers(model), disable_shape_infer=False
+        )

@@ -1,0 +1,1 @@
+"""Image geometry between the radiograph and the network (pure numpy)."""

@@ -1,0 +1,110 @@
+"""Radiograph pixels -> network input, and the exact transform back to image coordinates.
+
+One function for training and for the appliance: aspect-preserving area resampling of the
+display-ready image into a square of `size` pixels (centred, zero padding), then robust intensity
+normalisation. Coordinates map both ways through `Transform`, so measurements made on the network's
+masks land on the right image pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+
+DEFAULT_SIZE: Final = 256
+NORMALISE_PERCENTILES: Final = (1.0, 99.0)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Network pixel = image pixel * scale + offset per axis (pixel centres at integers, x = column).
+
+    The image covers out_rows x out_cols network pixels starting at (offset_y, offset_x); the two
+    scales differ only by the rounding of those counts."""
+
+    image_rows: int
+    image_cols: int
+    size: int
+    out_rows: int
+    out_cols: int
+    offset_x: int
+    offset_y: int
+
+    @property
+    def scale_x(self) -> float:
+        return self.out_cols / self.image_cols
+
+    @property
+    def scale_y(self) -> float:
+        return self.out_rows / self.image_rows
+
+    def to_network(self, xy: F64) -> F64:
+        pts = np.asarray(xy, dtype=np.float64)
+        out = np.empty_like(pts)
+        out[..., 0] = (pts[..., 0] + 0.5) * self.scale_x + self.offset_x - 0.5
+        out[..., 1] = (pts[..., 1] + 0.5) * self.scale_y + self.offset_y - 0.5
+        return out
+
+    def to_image(self, xy: F64) -> F64:
+        pts = np.asarray(xy, dtype=np.float64)
+        out = np.empty_like(pts)
+        out[..., 0] = (pts[..., 0] + 0.5 - self.offset_x) / self.scale_x - 0.5
+        out[..., 1] = (pts[..., 1] + 0.5 - self.offset_y) / self.scale_y - 0.5
+        return out
+
+    @property
+    def valid(self) -> tuple[slice, slice]:
+        """The network rows and columns the image covers (the rest is padding)."""
+        return (
+            slice(self.offset_y, self.offset_y + self.out_rows),
+            slice(self.offset_x, self.offset_x + self.out_cols),
+        )
+
+
+def make_transform(rows: int, cols: int, size: int = DEFAULT_SIZE) -> Transform:
+    scale = size / max(rows, cols)
+    out_rows, out_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    return Transform(rows, cols, size, out_rows, out_cols, (size - out_cols) // 2, (size - out_rows) // 2)
+
+
+def _area_weights(n_in: int, n_out: int) -> F32:
+    """(n_out x n_in) matrix: output pixel j averages the input span [j, j+1) * n_in / n_out."""
+    edges = np.arange(n_out + 1, dtype=np.float64) * (n_in / n_out)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    i = np.arange(n_in, dtype=np.float64)[None, :]
+    overlap = np.clip(np.minimum(hi, i + 1) - np.maximum(lo, i), 0.0, None)
+    return np.asarray(overlap / overlap.sum(axis=1, keepdims=True), dtype=np.float32)
+
+
+def resample(image: NDArray[np.generic], transform: Transform) -> F32:
+    """Area-resample an image-space array (pixels or a mask) into the padded network square."""
+    valid_rows, valid_cols = transform.valid
+    a = _area_weights(transform.image_rows, transform.out_rows)
+    b = _area_weights(transform.image_cols, transform.out_cols)
+    out = np.zeros((transform.size, transform.size), dtype=np.float32)
+    out[valid_rows, valid_cols] = a @ np.asarray(image, dtype=np.float32) @ b.T
+    return out
+
+
+def normalise(square: F32, transform: Transform) -> F32:
+    """Robust contrast normalisation over the image area: 1st..99th percentile -> 0..1."""
+    valid = square[transform.valid]
+    lo, hi = np.percentile(valid, NORMALISE_PERCENTILES)
+    out = np.zeros_like(square)
+    out[transform.valid] = np.clip((valid - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    return out
+
+
+def preprocess(pixels: F32, size: int = DEFAULT_SIZE) -> tuple[F32, Transform]:
+    """Display-ready pixels (rows x cols, 0..1) -> network input (1 x 1 x size x size) and transform."""
+    if pixels.ndim != 2 or min(pixels.shape) < 16:
+        raise ValueError(f"preprocess: expected a 2-D image of at least 16 x 16 pixels, got shape {pixels.shape}")
+    transform = make_transform(pixels.shape[0], pixels.shape[1], size)
+    square = normalise(resample(pixels, transform), transform)
+    return square[None, None], transform

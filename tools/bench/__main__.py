@@ -1,0 +1,94 @@
+"""python -m tools.bench infer --model engines/<model>/<version> [--backend onnxruntime] [--runs N]
+
+Latency of the model alone (p50/p95, throughput) with the model's FLOPs; and of the path from a
+full-size DICOM to the network input (decode + preprocess), which the appliance pays on every image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def bench_infer(model_dir: Path, backend: str, runs: int, threads: int) -> int:
+    if backend != "onnxruntime":
+        print(f"error: backend {backend!r} is not available on this machine (onnxruntime only)", file=sys.stderr)
+        return 2
+    from tools.export.export import ort_session
+    from tools.train.data import make_sample
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    session = ort_session(model_dir / manifest["file"], threads)
+    image, *_ = make_sample(910_000, 0, manifest["input"]["shape"][-1])
+    x = (image.astype(np.float32) / 255.0)[None, None]
+    for _ in range(5):
+        session.run(None, {"image": x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {"image": x})
+        times.append(time.perf_counter() - start)
+    p50 = statistics.median(times)
+    flops = float(manifest["flops_per_image"])
+    print(f"{manifest['name']} {manifest['version']} on ONNX Runtime CPU ({threads} threads), {runs} runs:")
+    print(
+        f"  latency p50 {p50 * 1000:.1f} ms, p95 {percentile(times, 95) * 1000:.1f} ms, "
+        f"throughput {1 / p50:.1f} images/s"
+    )
+    print(f"  {flops / 1e9:.2f} GFLOPs per image -> {flops / p50 / 1e9:.1f} GFLOP/s achieved")
+    return 0
+
+
+def bench_preprocess(runs: int) -> None:
+    import tempfile
+
+    import pydicom
+
+    from edge.dicom.decode import decode
+    from edge.imaging.preprocess import preprocess
+    from tools.phantom.dataset import SetOptions, generate_image, write_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / "images").mkdir()
+        (out / "masks").mkdir()
+        options = SetOptions(seed=910_000, size_px=2500)
+        entry = write_image(generate_image(options, 0), out, options)
+        path = out / entry["file"]
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            preprocess(decode(pydicom.dcmread(path)).pixels)
+            times.append(time.perf_counter() - start)
+    print(
+        f"  2500 x 2500 DICOM -> network input (read, decode, preprocess): p50 {statistics.median(times) * 1000:.0f} ms"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    infer = sub.add_parser("infer", help="model latency per backend")
+    infer.add_argument("--model", type=Path, required=True)
+    infer.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    infer.add_argument("--runs", type=int, default=50)
+    infer.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    code = bench_infer(args.model, args.backend, args.runs, args.threads)
+    if code == 0:
+        bench_preprocess(max(3, args.runs // 10))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation of a shipped model on held-out phantom images."""

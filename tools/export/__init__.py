@@ -1,0 +1,1 @@
+"""Export a trained run to the artifact that ships: ONNX, manifest, validation set."""

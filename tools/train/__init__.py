@@ -1,0 +1,1 @@
+"""Training the segmentation model on the phantom (workstation side, PyTorch)."""
