@@ -8,6 +8,7 @@ preprocessing, channel names, training recipe and data seeds, size, FLOPs, and t
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import time
@@ -47,6 +48,15 @@ def load_run(run: Path) -> tuple[ResUNet, Recipe, dict[str, Any]]:
     model.load_state_dict(state["model"])
     model.eval()
     return model, recipe, state
+
+
+def training_seconds(run: Path) -> float | None:
+    """Wall time of the training epochs (log.csv), without building the sample cache."""
+    log = run / "log.csv"
+    if not log.exists():
+        return None
+    with log.open() as f:
+        return round(sum(float(row["seconds"]) for row in csv.DictReader(f)), 1)
 
 
 def ort_session(path: Path, threads: int = 2) -> ort.InferenceSession:
@@ -141,6 +151,7 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
             "train_seed": recipe.train_seed,
             "validation_seed": recipe.validation_seed,
             "epochs_completed": int(state["epoch"]) + 1,
+            "epoch_wall_seconds": training_seconds(run),
             "validation_metrics": state.get("metrics", {}),
         },
         "parameters": parameter_count(model),

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom.dataset import Dataset
 
 import edge
 from edge.qc.standard import Standard, load_standard
@@ -200,15 +201,15 @@ def compression_for(options: SetOptions, index: int) -> Compression:
     return options.compression  # type: ignore[return-value]
 
 
-def write_image(image: PhantomImage, out: Path, options: SetOptions) -> dict[str, Any]:
+def image_dataset(image: PhantomImage, seed: int) -> Dataset:
+    """The DICOM dataset a modality would send for this image (uncompressed, no file meta)."""
     r, acq = image.rendering, image.acquisition
-    identity = ImageIdentity(options.seed, image.index)
     half_lat, half_ap = image.anatomy.trunk_half_mm
     thickness = 2 * (half_lat if acq.view == "lateral" else half_ap)
-    ds = build_dataset(
+    return build_dataset(
         r.stored,
         acq,
-        identity,
+        ImageIdentity(seed, image.index),
         r.detector.pitch_mm,
         r.pose.magnification,
         r.exposure_index,
@@ -217,10 +218,15 @@ def write_image(image: PhantomImage, out: Path, options: SetOptions) -> dict[str
         image.patient.sex,
         thickness,
     )
+
+
+def write_image(image: PhantomImage, out: Path, options: SetOptions) -> dict[str, Any]:
+    acq = image.acquisition
+    ds = image_dataset(image, options.seed)
     compression = compression_for(options, image.index)
     name = f"{image.index:04d}_{acq.projection}"
     write_dicom(ds, out / "images" / f"{name}.dcm", compression)
-    save_masks(out / "masks" / f"{name}.npz", r.masks)
+    save_masks(out / "masks" / f"{name}.npz", image.rendering.masks)
     entry = dict(image.entry)
     entry.update(
         {

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
     parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast")
+    parser.add_argument("--init", type=Path, default=None, help="start from the weights of this checkpoint")
     args = parser.parse_args(argv)
     recipe = Recipe(
         seed=args.seed,
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         learning_rate=args.lr,
         bf16=not args.fp32,
+        init=str(args.init or ""),
     )
     try:
         metrics = train(args.out, recipe)

@@ -19,8 +19,7 @@ from numpy.typing import NDArray
 from edge.dicom.decode import display_pixels
 from edge.imaging.preprocess import DEFAULT_SIZE, preprocess, resample
 from edge.qc.structures import STRUCTURE_VIEWS, STRUCTURES, VIEW_CLASSES
-from tools.phantom.dataset import SetOptions, generate_image
-from tools.phantom.dicom_io import ImageIdentity, build_dataset
+from tools.phantom.dataset import SetOptions, generate_image, image_dataset
 
 RENDER_PX = 512  # detector matrix the samples are rendered at before preprocessing
 
@@ -52,18 +51,7 @@ def make_sample(
     options = SetOptions(seed=seed, size_px=render_px, fault_rate=fault_rate)
     image = generate_image(options, index)
     r, acq = image.rendering, image.acquisition
-    ds = build_dataset(
-        r.stored,
-        acq,
-        ImageIdentity(seed, index),
-        r.detector.pitch_mm,
-        r.pose.magnification,
-        r.exposure_index,
-        r.window_centre,
-        r.window_width,
-        image.patient.sex,
-        300.0,
-    )
+    ds = image_dataset(image, seed)
     net_input, transform = preprocess(display_pixels(ds, r.stored), size)
     masks = np.zeros((len(STRUCTURES), size, size), dtype=np.uint8)
     defined = np.zeros(len(STRUCTURES), dtype=bool)

@@ -41,6 +41,7 @@ class Recipe:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     bf16: bool = True
+    init: str = ""  # a checkpoint whose weights start this run (fine-tuning); empty: random init
 
     @property
     def train_seed(self) -> int:
@@ -156,6 +157,9 @@ def train(run: Path, recipe: Recipe, max_steps: int | None = None, quiet: bool =
     )
     start_epoch, step = 0, 0
     checkpoint = run / "last.pt"
+    if recipe.init and not checkpoint.exists():
+        model.load_state_dict(torch.load(recipe.init, weights_only=False, map_location="cpu")["model"])
+        print(f"starting from the weights of {recipe.init}", flush=True)
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         model.load_state_dict(state["model"])

@@ -1,0 +1,68 @@
+"""The model that ships in engines/: intact, within the Jetson's budget, and still as good as recorded.
+
+A fresh phantom set (a seed no training run used) is segmented in CI and must meet a floor close to
+the targets of the issue (Dice AP 0.93, lateral 0.90, oblique 0.88; view head 99 %), so that a
+regression in the model, the preprocessing or the phantom fails the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tools.evaluate.segmentation import evaluate_model
+from tools.export.export import ort_session
+
+ENGINES = Path(__file__).resolve().parents[2] / "engines"
+FLOOR = {"ap": 0.92, "lateral": 0.89, "oblique": 0.87}  # targets 0.93 / 0.90 / 0.88, less 0.01
+VIEW_ACCURACY_FLOOR = 0.97
+
+
+def shipped() -> list[Path]:
+    return sorted(p.parent for p in ENGINES.glob("*/*/manifest.json"))
+
+
+def manifest(model: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((model / "manifest.json").read_text())
+    return data
+
+
+def test_a_model_ships_intact_and_within_budget() -> None:
+    models = shipped()
+    assert models, f"no model under {ENGINES}"
+    for model in models:
+        m = manifest(model)
+        path = model / m["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == m["sha256"]
+        assert path.stat().st_size <= 30 * 2**20
+        assert m["parameters"] <= 10_000_000
+        assert m["flops_per_image"] <= 20e9
+        assert set(m["evaluation"]["fp32"]["views"]) == {"ap", "lateral", "oblique"}
+        assert m["evaluation"]["count"] >= 300
+
+
+def test_shipped_validation_references_reproduce() -> None:
+    for model in shipped():
+        m = manifest(model)
+        session = ort_session(model / m["file"])
+        files = sorted((model / m["validation_set"]["folder"]).glob("*.npz"))
+        assert len(files) == m["validation_set"]["count"]
+        for f in files:
+            with np.load(f) as data:
+                masks, view = session.run(["masks", "view"], {"image": data["image"]})
+                reference = np.unpackbits(data["reference_masks"], count=masks[0].size).reshape(masks[0].shape)
+                assert np.array_equal(masks[0] > 0.5, reference.astype(bool))
+                assert np.allclose(view[0], data["reference_view"], atol=1e-5)
+
+
+@pytest.mark.parametrize("model", shipped(), ids=lambda p: f"{p.parent.name}-{p.name}")
+def test_shipped_model_meets_the_floor_on_fresh_phantom_images(model: Path) -> None:
+    result = evaluate_model(model, seed=950_123, count=36, fp16=False)
+    for view, floor in FLOOR.items():
+        assert result["fp32"]["views"][view]["dice_mean"] >= floor, (view, result["fp32"]["views"][view])
+    assert result["fp32"]["view_accuracy"] >= VIEW_ACCURACY_FLOOR
