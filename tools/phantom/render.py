@@ -76,7 +76,6 @@ class Rendering:
     clipped_fraction: float
     window_centre: float
     window_width: float
-    primitives_lab: list[Primitive]
 
 
 def choose_field(anatomy: Anatomy, acq: Acquisition) -> tuple[Field, Pose, list[Primitive]]:
@@ -356,5 +355,4 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
         clipped_fraction=clipped_fraction,
         window_centre=float(centre),
         window_width=float(width),
-        primitives_lab=prims,
     )

@@ -26,7 +26,6 @@ from tools.train.model import ResUNet
 # Seeds of the phantom sets: training and validation never share an image with evaluation.
 TRAIN_SEED_OFFSET = 0
 VALIDATION_SEED_OFFSET = 500_000
-EVALUATION_SEEDS_START = 900_000  # tools.evaluate refuses seeds below this
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,6 @@ def train(run: Path, recipe: Recipe, max_steps: int | None = None, quiet: bool =
         start_epoch, step = state["epoch"] + 1, state["step"]
         print(f"resuming after epoch {start_epoch} (step {step})", flush=True)
     generator = torch.Generator().manual_seed(recipe.seed)
-    rng = np.random.default_rng(recipe.seed)
     log_path = run / "log.csv"
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, recipe.epochs):
@@ -235,7 +233,6 @@ def train(run: Path, recipe: Recipe, max_steps: int | None = None, quiet: bool =
         (run / "metrics.json").write_text(json.dumps({"epoch": epoch + 1, **metrics}, indent=1))
         if max_steps is not None and step >= max_steps:
             break
-    del rng
     return metrics
 
 
