@@ -71,3 +71,32 @@ def test_mixed_precision_keeps_outputs_fp32_and_close(tiny_export: Path, tmp_pat
     half = ort_session(path).run(["masks", "view"], {"image": x})
     assert half[0].dtype == np.float32 or half[0].dtype == np.float16
     assert np.abs(half[0].astype(np.float32) - full[0]).max() < 0.02
+
+
+def test_export_refuses_to_overwrite_a_version(tiny_export: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.export", str(tiny_export), "--out", str(tiny_export)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "never overwritten" in result.stderr
+
+
+def test_train_cli_rejects_a_recipe_that_cannot_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.train", "--out", str(tmp_path), "--samples", "4", "--batch", "8"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--samples >= --batch" in result.stderr

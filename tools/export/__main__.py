@@ -13,7 +13,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.export", description=__doc__)
     parser.add_argument("run", type=Path, help="training run folder (with last.pt)")
     parser.add_argument("--out", type=Path, required=True, help="engines/<model>/<version>/")
+    parser.add_argument("--force", action="store_true", help="replace a model already exported to --out")
     args = parser.parse_args(argv)
+    if (args.out / "model.onnx").exists() and not args.force:
+        print(
+            f"error: {args.out} already holds a model; a shipped version is never overwritten "
+            "(choose a new version, or --force for a scratch folder)",
+            file=sys.stderr,
+        )
+        return 2
     if not (args.run / "last.pt").exists():
         print(
             f"error: {args.run / 'last.pt'} not found: train first (python -m tools.train --out {args.run})",

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{entry['file']}: {entry['projection']:3s} {qc['verdict']:4s} {','.join(qc['failed_items'])}",
                 flush=True,
             )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     manifest = write_manifest(args.out, options, entries, standard)

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         bf16=not args.fp32,
         init=str(args.init or ""),
     )
+    if args.epochs < 1 or args.samples < args.batch or args.batch < 1 or args.size < 32:
+        parser.error("need --epochs >= 1, --batch >= 1, --samples >= --batch and --size >= 32")
     try:
         metrics = train(args.out, recipe)
     except ValueError as exc:
