@@ -258,9 +258,9 @@ def structure_extent(
     return float(xs[cols[0]] - half), float(xs[cols[-1]] + half), float(ys[rows[0]] - half), float(ys[rows[-1]] + half)
 
 
-def make_pose(anatomy: Anatomy, acq: Acquisition, with_centring: bool = True) -> Pose:
-    """The radiographer aims the central ray at the middle of the anatomy the view must show; the
-    centring offsets (errors) then move the patient away from it."""
+def make_pose(anatomy: Anatomy, acq: Acquisition) -> Pose:
+    """Where the radiographer means the patient to be: the central ray aimed at the middle of the
+    anatomy the view must show (see `displaced` for where the patient really is)."""
     rotation = pose_rotation(acq)
     z_iso = isocentre_depth(anatomy, rotation)
     pose = Pose(
@@ -277,5 +277,9 @@ def make_pose(anatomy: Anatomy, acq: Acquisition, with_centring: bool = True) ->
         if extent is None
         else np.array([extent[0] + extent[1], extent[2] + extent[3]]) / (2 * pose.magnification)
     )
-    dx, dy = (acq.centring_x_mm, acq.centring_y_mm) if with_centring else (0.0, 0.0)
-    return replace(pose, translation=np.array([dx - aim[0], dy - aim[1], z_iso]))
+    return replace(pose, translation=np.array([-aim[0], -aim[1], z_iso]))
+
+
+def displaced(aimed: Pose, acq: Acquisition) -> Pose:
+    """The aimed pose moved by the acquisition's centring errors."""
+    return replace(aimed, translation=aimed.translation + np.array([acq.centring_x_mm, acq.centring_y_mm, 0.0]))

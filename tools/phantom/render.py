@@ -24,6 +24,7 @@ from tools.phantom.acquisition import (
     Acquisition,
     Extent,
     Pose,
+    displaced,
     make_pose,
     posed_primitives,
     structure_extent,
@@ -81,8 +82,8 @@ class Rendering:
 def choose_field(anatomy: Anatomy, acq: Acquisition) -> tuple[Field, Pose, list[Primitive]]:
     """The field a radiographer would set on a well-centred patient, then the injected field faults;
     with the patient's actual pose and posed solids."""
-    nominal = make_pose(anatomy, acq, with_centring=False)
-    actual = make_pose(anatomy, acq)
+    nominal = make_pose(anatomy, acq)
+    actual = displaced(nominal, acq)
     nominal_prims = posed_primitives(anatomy, nominal)
     actual_prims = posed_primitives(anatomy, actual)
 
