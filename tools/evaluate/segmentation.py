@@ -16,26 +16,16 @@ from edge.engines.precision import to_mixed_precision
 from edge.qc.structures import STRUCTURES, VIEW_CLASSES
 from tools.export.export import ort_session
 from tools.train.data import Samples, build_samples
+from tools.train.metrics import dice_scores
 
 VIEW_OF_CLASS = {"ap": "ap", "lateral": "lateral", "oblique_left": "oblique", "oblique_right": "oblique"}
 
 
 @dataclass
 class Scores:
-    dice: NDArray[np.float64]  # images x structures, NaN where undefined or both empty
+    dice: NDArray[np.float64]  # images x structures, NaN where undefined or the truth is empty
     false_positive: NDArray[np.bool_]  # images x structures: empty truth, non-empty prediction
     view_predicted: NDArray[np.int64]
-
-
-def dice_scores(
-    pred: NDArray[np.bool_], truth: NDArray[np.bool_], defined: NDArray[np.bool_]
-) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Per structure Dice where the truth is non-empty, false positives where it is empty."""
-    inter = (pred & truth).sum(axis=(1, 2))
-    p, t = pred.sum(axis=(1, 2)), truth.sum(axis=(1, 2))
-    dice = np.where(t > 0, 2 * inter / np.maximum(p + t, 1), np.nan)
-    dice[~defined] = np.nan
-    return dice, (t == 0) & (p > 0) & defined
 
 
 def run_model(model_path: Path, samples: Samples) -> Scores:

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from edge.imaging.preprocess import DEFAULT_SIZE
 from edge.qc.structures import STRUCTURES, VIEW_CLASSES
 from tools.train.data import Samples, build_samples
+from tools.train.metrics import dice_scores
 from tools.train.model import ResUNet
 
 # Seeds of the phantom sets: training and validation never share an image with evaluation.
@@ -82,14 +83,6 @@ def seg_loss(logits: Tensor, target: Tensor, defined: Tensor) -> Tensor:
     return bce + dice_loss
 
 
-def hard_dice(prob: Tensor, target: Tensor) -> Tensor:
-    """Per sample and structure Dice of the 0.5-thresholded masks (NaN where both are empty)."""
-    p, t = prob > 0.5, target > 0.5
-    inter = (p & t).sum(dim=(2, 3)).float()
-    total = p.sum(dim=(2, 3)).float() + t.sum(dim=(2, 3)).float()
-    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.full_like(total, float("nan")))
-
-
 def batches(samples: Samples, order: np.ndarray, batch: int) -> list[np.ndarray]:
     return [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
 
@@ -106,20 +99,18 @@ def evaluate_samples(model: ResUNet, samples: Samples, bf16: bool) -> dict[str, 
     model.eval()
     dices, correct = [], 0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for idx in batches(samples, np.arange(len(samples)), 8) or [np.arange(len(samples))]:
-            images, masks, defined, views = to_tensors(samples, idx)
+        for start in range(0, len(samples), 8):  # every sample, the last batch possibly short
+            images, masks, defined, views = to_tensors(samples, np.arange(start, min(start + 8, len(samples))))
             logits, view_logits, _ = model(images)
-            d = hard_dice(torch.sigmoid(logits.float()), masks)
-            d[~defined] = float("nan")
+            d, _ = dice_scores(logits.float().numpy() > 0.0, masks.numpy() > 0.5, defined.numpy())
             dices.append(d)
             correct += int((view_logits.float().argmax(1) == views).sum())
     model.train()
-    all_d = torch.cat(dices).numpy()
-    seen = sum(len(b) for b in batches(samples, np.arange(len(samples)), 8)) or len(samples)
+    all_d = np.concatenate(dices)
     per_image = np.nanmean(all_d, axis=1)
     return {
         "dice": float(np.nanmean(per_image)),
-        "view_accuracy": correct / seen,
+        "view_accuracy": correct / len(samples),
         **{f"dice_{name}": float(np.nanmean(all_d[:, c])) for c, name in enumerate(STRUCTURES)},
     }
 
