@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from edge.qc.structures import STRUCTURES, VIEWS, View
 
@@ -130,16 +130,26 @@ def parse_standard(data: Mapping[str, object], where: str = "<standard>") -> Sta
     return Standard(name=str(header["name"]), version=str(header["version"]), items=items)
 
 
-def load_standard(path: Path | None = None) -> Standard:
-    """Load a standard file, or the one shipped with edge-qc when `path` is None."""
+def _read(path: Path | None) -> tuple[str, str]:
     if path is None:
         text = resources.files("edge.qc").joinpath("standards", DEFAULT_STANDARD).read_text("utf-8")
-        where = f"edge/qc/standards/{DEFAULT_STANDARD}"
-    else:
-        text = path.read_text("utf-8")
-        where = str(path)
+        return text, f"edge/qc/standards/{DEFAULT_STANDARD}"
     try:
-        data = tomllib.loads(text)
+        return path.read_text("utf-8"), str(path)
+    except OSError as exc:
+        raise StandardError(f"{path}: cannot read the QC standard: {exc.strerror}") from exc
+
+
+def standard_data(path: Path | None = None) -> dict[str, Any]:
+    """The parsed TOML of a standard file (before validation), for applying site overrides."""
+    text, where = _read(path)
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise StandardError(f"{where}: {exc}") from exc
-    return parse_standard(data, where)
+
+
+def load_standard(path: Path | None = None) -> Standard:
+    """Load a standard file, or the one shipped with edge-qc when `path` is None."""
+    _, where = _read(path)
+    return parse_standard(standard_data(path), where)

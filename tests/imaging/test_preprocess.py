@@ -74,13 +74,21 @@ def test_monochrome1_and_2_decode_to_the_same_display(tmp_path: Path) -> None:
 
 
 def test_spacing_falls_back_to_imager_spacing_then_unknown(tmp_path: Path) -> None:
-    image = render_case(ideal_acquisition("ap", projection="AP"), size_px=128)
+    image = render_case(ideal_acquisition("ap", projection="AP"), size_px=256)
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    entry = write_image(image, tmp_path, SetOptions(seed=3, size_px=128))
+    entry = write_image(image, tmp_path, SetOptions(seed=3, size_px=256))
     ds = pydicom.dcmread(tmp_path / entry["file"])
+    calibrated = decode(ds).pixel_spacing_mm
     del ds.PixelSpacing
+    r = decode(ds)
+    assert r.spacing_source == "ImagerPixelSpacing/magnification"
+    assert r.pixel_spacing_mm is not None and calibrated is not None
+    assert abs(r.pixel_spacing_mm[0] - calibrated[0]) < 1e-4  # pitch / magnification = the calibrated spacing
+    del ds.EstimatedRadiographicMagnificationFactor
     assert decode(ds).spacing_source == "ImagerPixelSpacing"
+    ds.ImagerPixelSpacing = [0, 0]  # some CR readers write 0\\0: absent, not zero
+    assert decode(ds).spacing_source == "unknown"
     del ds.ImagerPixelSpacing
     r = decode(ds)
     assert r.spacing_source == "unknown" and r.pixel_spacing_mm is None

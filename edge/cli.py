@@ -1,0 +1,96 @@
+"""edge-qc: the appliance's command line.
+
+    edge-qc check FILE.dcm [FILE.dcm ...] [--json] [--overlay OUT.png] [--config site.toml]
+
+Exit status: 0 every image passed, 1 at least one failed, was indeterminate or was rejected,
+2 the command itself could not run (bad configuration, missing model, unreadable file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edge.config import ConfigError, load_config
+from edge.engines.manifest import ManifestError
+from edge.inference.backend import BackendUnavailableError
+
+
+def _overlay_path(base: Path, index: int, count: int, source: Path) -> Path:
+    """One overlay per input: the given name for a single file, NAME-<input stem>.png for several."""
+    if count == 1:
+        return base
+    return base.with_name(f"{base.stem}-{source.stem}{base.suffix or '.png'}")
+
+
+def check(args: argparse.Namespace) -> int:
+    from edge.pipeline import Pipeline
+
+    try:
+        config = load_config(args.config)
+        pipeline = Pipeline(config)
+    except (ConfigError, ManifestError, BackendUnavailableError) as exc:
+        print(f"edge-qc: {exc}", file=sys.stderr)
+        return 2
+    worst = 0
+    documents = []
+    for i, path in enumerate(args.files):
+        if not path.is_file():
+            print(f"edge-qc: {path}: no such file", file=sys.stderr)
+            worst = 2
+            continue
+        try:
+            result = pipeline.process(path)
+        except OSError as exc:
+            print(f"edge-qc: {path}: {exc.strerror or exc}", file=sys.stderr)
+            worst = 2
+            continue
+        verdict = result.verdict
+        if verdict.verdict != "pass":
+            worst = max(worst, 1)
+        if args.json:
+            documents.append({"file": str(path), "verdict": verdict.as_dict()})
+        else:
+            print(f"{path}: {verdict.summary()}")
+            if args.timings:
+                stages = ", ".join(f"{k} {v:.0f} ms" for k, v in verdict.timings_ms.items())
+                print(f"  timings: {stages}")
+        if args.overlay is not None:
+            from edge.qc.overlay import draw_overlay
+
+            if result.radiograph is None:
+                print(f"edge-qc: {path}: no overlay for a rejected input", file=sys.stderr)
+                continue
+            out = _overlay_path(args.overlay, i, len(args.files), path)
+            try:
+                draw_overlay(result.radiograph, result.segmentation, verdict).save(out)
+            except OSError as exc:
+                print(f"edge-qc: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+            if not args.json:
+                print(f"  overlay: {out}")
+    if args.json:
+        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2, allow_nan=False))
+    pipeline.close()
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-qc", description="Lumbar-spine radiograph quality control.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_check = sub.add_parser("check", help="judge DICOM files offline (the daemon's pipeline, on files)")
+    p_check.add_argument("files", nargs="+", type=Path, metavar="FILE.dcm")
+    p_check.add_argument("--json", action="store_true", help="print the verdicts as JSON (verdict.schema.json)")
+    p_check.add_argument("--overlay", type=Path, metavar="OUT.png", help="draw structures and failed items")
+    p_check.add_argument("--config", type=Path, help="site configuration (TOML); default: built-in defaults")
+    p_check.add_argument("--timings", action="store_true", help="print the time of every pipeline stage")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return check(args)
+    return 2  # pragma: no cover - argparse enforces the subcommand
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The one configuration of an edge-qc appliance: a TOML file, typed and validated on load.
+
+Unknown keys are errors, never ignored: a misspelt threshold override that silently does nothing is
+a QC failure nobody sees. Every error names the file and the dotted key.
+
+    [model]
+    path = "/opt/edge-qc/engines/lumbar-resunet/current"   # folder with manifest.json
+    backend = "onnxruntime"
+    threads = 2
+
+    [qc]
+    standard = ""                      # a standard file; empty: the one shipped with edge-qc
+    [qc.target_exposure_index]         # site targets per view (default: the image's own tags)
+    ap = 300.0
+    [qc.overrides.ap.centring]         # any threshold of the standard, per view and item
+    max_offset_fraction = 0.12
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from edge.qc.standard import ITEM_PARAMS, Standard, StandardError, load_standard, parse_standard, standard_data
+from edge.qc.structures import VIEWS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 (Ubuntu 22.04) ships Python 3.10
+    import tomli as tomllib
+
+DEFAULT_MODEL: Final = Path(__file__).resolve().parent.parent / "engines" / "lumbar-resunet" / "0.1.0"
+BACKENDS: Final = ("onnxruntime", "tensorrt")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: Path = DEFAULT_MODEL
+    backend: str = "onnxruntime"
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class QcConfig:
+    standard: Path | None = None
+    target_exposure_index: Mapping[str, float] = field(default_factory=dict)
+    overrides: Mapping[str, Mapping[str, Mapping[str, float | int | str]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    qc: QcConfig = field(default_factory=QcConfig)
+    source: str = "<defaults>"
+
+    def load_standard(self) -> Standard:
+        """The QC standard with this site's overrides applied and validated."""
+        base = standard_data(self.qc.standard)
+        where = str(self.qc.standard or "edge/qc/standards (shipped)")
+        for view, items in self.qc.overrides.items():
+            for item, params in items.items():
+                table = base.get(view, {}).get(item)
+                if table is None:
+                    raise ConfigError(
+                        f"{self.source}: qc.overrides.{view}.{item}: the standard has no item '{item}' for {view}"
+                    )
+                for key, value in params.items():
+                    if key not in ITEM_PARAMS[item] | {"severity", "message"}:
+                        allowed = ", ".join(sorted(ITEM_PARAMS[item] | {"severity", "message"}))
+                        raise ConfigError(f"{self.source}: qc.overrides.{view}.{item}.{key}: unknown key ({allowed})")
+                    table[key] = value
+        try:
+            return parse_standard(base, f"{where} with overrides from {self.source}")
+        except StandardError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: '{key}' must be a table")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: set[str], prefix: str, where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}' (allowed: {', '.join(sorted(allowed))})")
+
+
+def _number(value: object, key: str, where: str, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{where}: '{key}' must be positive, got {value!r}")
+    return float(value)
+
+
+def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Path | None = None) -> Config:
+    _reject_unknown(data, {"model", "qc"}, "", where)
+    model_t = _table(data, "model", where)
+    _reject_unknown(model_t, {"path", "backend", "threads"}, "model.", where)
+    base = base_dir or Path.cwd()
+    model = ModelConfig()
+    if "path" in model_t:
+        if not isinstance(model_t["path"], str) or not model_t["path"]:
+            raise ConfigError(f"{where}: 'model.path' must be a non-empty string")
+        model = ModelConfig(path=base / model_t["path"], backend=model.backend, threads=model.threads)
+    backend = model_t.get("backend", model.backend)
+    if backend not in BACKENDS:
+        raise ConfigError(f"{where}: 'model.backend' must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    threads = model_t.get("threads", model.threads)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+        raise ConfigError(f"{where}: 'model.threads' must be an integer 1..64, got {threads!r}")
+    model = ModelConfig(path=model.path, backend=backend, threads=threads)
+
+    qc_t = _table(data, "qc", where)
+    _reject_unknown(qc_t, {"standard", "target_exposure_index", "overrides"}, "qc.", where)
+    standard = None
+    if qc_t.get("standard"):
+        if not isinstance(qc_t["standard"], str):
+            raise ConfigError(f"{where}: 'qc.standard' must be a path string")
+        standard = base / qc_t["standard"]
+    targets_t = _table(qc_t, "target_exposure_index", where)
+    _reject_unknown(targets_t, set(VIEWS), "qc.target_exposure_index.", where)
+    targets = {view: _number(v, f"qc.target_exposure_index.{view}", where) for view, v in targets_t.items()}
+    overrides_t = _table(qc_t, "overrides", where)
+    _reject_unknown(overrides_t, set(VIEWS), "qc.overrides.", where)
+    overrides: dict[str, dict[str, dict[str, float | int | str]]] = {}
+    for view, items in overrides_t.items():
+        if not isinstance(items, dict):
+            raise ConfigError(f"{where}: 'qc.overrides.{view}' must be a table of items")
+        for item, params in items.items():
+            if item not in ITEM_PARAMS:
+                raise ConfigError(f"{where}: unknown QC item 'qc.overrides.{view}.{item}'")
+            if not isinstance(params, dict):
+                raise ConfigError(f"{where}: 'qc.overrides.{view}.{item}' must be a table")
+            overrides.setdefault(view, {})[item] = dict(params)
+    config = Config(model=model, qc=QcConfig(standard, targets, overrides), source=where)
+    config.load_standard()  # validate the overrides now, not on the first image
+    return config
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a configuration file; None gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return parse_config(data, str(path), path.resolve().parent)
+
+
+__all__ = ["Config", "ConfigError", "ModelConfig", "QcConfig", "load_config", "load_standard", "parse_config"]

@@ -1,0 +1,162 @@
+"""The model's outputs as anatomy: per-structure probability maps with the geometry to measure them.
+
+Measurements work in network pixels (x = column, y = row) and convert to millimetres in the plane of
+the spine with `mm_per_px`. Edges and extents are found on the probability maps at sub-pixel
+precision (bilinear upsampling of a small window around the structure), because one network pixel
+is about 1.5 mm and several QC thresholds are a few millimetres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.imaging.preprocess import Transform
+from edge.qc.structures import STRUCTURES, VIEW_CLASSES
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+
+THRESHOLD: Final = 0.5
+UPSAMPLE: Final = 4  # sub-pixel grid for extents: a quarter of a network pixel (~0.4 mm)
+MIN_AREA_PX: Final = 6.0  # a structure smaller than this (network pixels) counts as absent
+
+
+@dataclass(frozen=True)
+class Box:
+    """Axis-aligned extent in network pixels (pixel centres at integers; edges at half pixels)."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    probabilities: F32  # structures x size x size, sigmoid outputs in STRUCTURES order
+    view_probabilities: F32  # VIEW_CLASSES order
+    transform: Transform
+    mm_per_px: float  # millimetres (spine plane) per network pixel
+
+    def prob(self, name: str) -> F32:
+        return np.asarray(self.probabilities[STRUCTURES.index(name)], dtype=np.float32)
+
+    def union(self, names: tuple[str, ...] | list[str]) -> F32:
+        return np.asarray(np.max(np.stack([self.prob(n) for n in names]), axis=0), dtype=np.float32)
+
+    def area(self, name: str) -> float:
+        return float((self.prob(name) > THRESHOLD).sum())
+
+    def present(self, name: str) -> bool:
+        return self.area(name) >= MIN_AREA_PX
+
+    def points(self, name: str, weights: bool = False) -> tuple[F64, F64]:
+        """(N x 2) coordinates of the mask's pixels and their probabilities."""
+        p = self.prob(name)
+        rows, cols = np.nonzero(p > THRESHOLD)
+        xy = np.stack([cols, rows], axis=1).astype(np.float64)
+        return xy, p[rows, cols].astype(np.float64)
+
+    def centroid(self, name: str, within: NDArray[np.bool_] | None = None) -> F64 | None:
+        """Probability-weighted centre of the mask (optionally inside a region), or None if absent."""
+        p = self.prob(name)
+        mask = p > THRESHOLD
+        if within is not None:
+            mask = mask & within
+        if mask.sum() < 2:
+            return None
+        rows, cols = np.nonzero(mask)
+        w = p[rows, cols].astype(np.float64)
+        return np.array([float(np.average(cols, weights=w)), float(np.average(rows, weights=w))])
+
+    @property
+    def view_class(self) -> str:
+        return VIEW_CLASSES[int(np.argmax(self.view_probabilities))]
+
+
+def fine_points(prob: F32, region: NDArray[np.bool_] | None = None, factor: int = UPSAMPLE) -> F64:
+    """Coordinates (network pixels) of a sub-pixel grid where the bilinearly interpolated probability
+    exceeds the threshold: the mask's shape at a quarter-pixel resolution."""
+    mask = prob > THRESHOLD if region is None else (prob > THRESHOLD) & region
+    if not mask.any():
+        return np.zeros((0, 2))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 1, prob.shape[0] - 1)
+    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 1, prob.shape[1] - 1)
+    window = prob[r0 : r1 + 1, c0 : c1 + 1].astype(np.float64)
+    if region is not None:
+        window = np.where(region[r0 : r1 + 1, c0 : c1 + 1], window, 0.0)
+    ys = np.arange(r0, r1 + 1e-9, 1.0 / factor)
+    xs = np.arange(c0, c1 + 1e-9, 1.0 / factor)
+    fy, fx = ys - r0, xs - c0
+    iy, ix = np.minimum(fy.astype(int), window.shape[0] - 2), np.minimum(fx.astype(int), window.shape[1] - 2)
+    if window.shape[0] < 2 or window.shape[1] < 2:
+        return np.stack([cols[[0]], rows[[0]]], axis=1).astype(np.float64)
+    ty, tx = (fy - iy)[:, None], (fx - ix)[None, :]
+    top = window[iy][:, ix] * (1 - tx) + window[iy][:, ix + 1] * tx
+    bottom = window[iy + 1][:, ix] * (1 - tx) + window[iy + 1][:, ix + 1] * tx
+    fine = top * (1 - ty) + bottom * ty
+    yy, xx = np.nonzero(fine > THRESHOLD)
+    return np.stack([xs[xx], ys[yy]], axis=1)
+
+
+def fine_box(prob: F32, region: NDArray[np.bool_] | None = None) -> Box | None:
+    pts = fine_points(prob, region)
+    if len(pts) == 0:
+        return None
+    half = 0.5 / UPSAMPLE
+    return Box(
+        float(pts[:, 0].min() - half),
+        float(pts[:, 0].max() + half),
+        float(pts[:, 1].min() - half),
+        float(pts[:, 1].max() + half),
+    )
+
+
+def field_box(seg: Segmentation) -> Box | None:
+    """The exposed field: edges where the field's row and column occupancy crosses one half, so that
+    a stray pixel or a rounded corner does not move an edge."""
+    p = seg.prob("field")
+    mask = p > THRESHOLD
+    if mask.sum() < 100:
+        return None
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    mid_rows = slice(int(np.percentile(rows, 25)), int(np.percentile(rows, 75)) + 1)
+    mid_cols = slice(int(np.percentile(cols, 25)), int(np.percentile(cols, 75)) + 1)
+    col_profile = p[mid_rows].mean(axis=0).astype(np.float64)
+    row_profile = p[:, mid_cols].mean(axis=1).astype(np.float64)
+    x0, x1 = _crossings(col_profile)
+    y0, y1 = _crossings(row_profile)
+    return Box(x0, x1, y0, y1)
+
+
+def _crossings(profile: F64) -> tuple[float, float]:
+    """First rising and last falling crossing of the threshold, interpolated, as pixel-edge positions."""
+    above = np.flatnonzero(profile > THRESHOLD)
+    first, last = int(above[0]), int(above[-1])
+    lo = first - 0.5
+    if first > 0:
+        a, b = profile[first - 1], profile[first]
+        lo = first - 1 + (THRESHOLD - a) / max(b - a, 1e-9) - 0.0
+        lo = float(lo)
+    hi = last + 0.5
+    if last < len(profile) - 1:
+        a, b = profile[last], profile[last + 1]
+        hi = float(last + (a - THRESHOLD) / max(a - b, 1e-9))
+    return float(lo), float(hi)

@@ -1,0 +1,104 @@
+"""The verdict: what the appliance says about one image, in one JSON document.
+
+Its shape is fixed by `verdict.schema.json` (shipped next to this module): the daemon publishes it,
+`edge-qc check --json` prints it, and tests validate every verdict they make against the schema.
+It carries no patient name, ID or birth date: only the image's UIDs, which the RIS needs to match
+a verdict to its image.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Final, Literal
+
+from edge.qc.judge import ItemResult
+
+SCHEMA_ID: Final = "https://edge-qc.invalid/schemas/verdict-1.json"
+VerdictValue = Literal["pass", "fail", "indeterminate", "rejected"]
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    judged: str | None  # ap / lateral / oblique: the standard applied; None when unknown
+    from_tags: str | None
+    from_model: str | None  # the model's view class (ap, lateral, oblique_left, oblique_right)
+    model_confidence: float | None
+    agree: bool | None  # None when one of the two is unknown
+    oblique_side: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "judged": self.judged,
+            "from_tags": self.from_tags,
+            "from_model": self.from_model,
+            "model_confidence": None if self.model_confidence is None else round(self.model_confidence, 4),
+            "agree": self.agree,
+            "oblique_side": self.oblique_side,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: VerdictValue
+    reason: str  # why indeterminate or rejected ("" otherwise)
+    reason_code: str  # stable code for metrics: "", "not_lumbar_spine", "view_unknown", a Rejection reason...
+    view: ViewInfo | None
+    items: dict[str, ItemResult]
+    notes: list[str]  # things worth knowing that are not QC items (view disagreement, estimated spacing)
+    image: dict[str, object]
+    versions: dict[str, str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[ItemResult]:
+        return [r for r in self.items.values() if r.outcome == "fail"]
+
+    @property
+    def warned(self) -> list[ItemResult]:
+        return [r for r in self.items.values() if r.outcome == "warn"]
+
+    def as_dict(self) -> dict[str, Any]:
+        def brief(r: ItemResult) -> dict[str, object]:
+            d = r.as_dict()
+            return {"item": r.item, **{k: d[k] for k in ("value", "unit", "threshold", "message", "correction")}}
+
+        return {
+            "$schema": SCHEMA_ID,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "reason_code": self.reason_code,
+            "view": None if self.view is None else self.view.as_dict(),
+            "failed": [brief(r) for r in self.failed],
+            "warnings": [brief(r) for r in self.warned],
+            "notes": list(self.notes),
+            "items": {name: r.as_dict() for name, r in self.items.items()},
+            "image": self.image,
+            "versions": self.versions,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.as_dict(), indent=indent, allow_nan=False)
+
+    def summary(self) -> str:
+        """One line per finding, for a console or a log."""
+        head = self.verdict.upper()
+        if self.view is not None and self.view.judged:
+            head += f" ({self.view.judged})"
+        if self.reason:
+            head += f": {self.reason}"
+        lines = [head]
+        for r in self.failed:
+            lines.append(f"  FAIL {r.item}: {r.message} -> {r.correction}")
+        for r in self.warned:
+            lines.append(f"  WARN {r.item}: {r.message} -> {r.correction}")
+        lines.extend(f"  NOTE {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("edge.qc").joinpath("verdict.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
