@@ -182,19 +182,21 @@ def _padding(ds: Dataset, stored: NDArray[np.integer]) -> Bool:
     return np.asarray((stored >= lo) & (stored <= hi))
 
 
-def _display_table(ds: Dataset, lo_value: int, hi_value: int, padding_values: Bool | None) -> F32:
+def _display_table(ds: Dataset, lo_value: int, hi_value: int, used: tuple[int, int]) -> F32:
     """Display value for every stored value in lo..hi: one lookup table instead of float maths over
-    millions of pixels (a 2,500 x 2,500 image decodes in tens of milliseconds)."""
+    millions of pixels (a 2,500 x 2,500 image decodes in tens of milliseconds). `used` is the range
+    of stored values that are image (padding excluded): without a window, it spans the display."""
     levels = np.arange(lo_value, hi_value + 1, dtype=np.int64)
     values = np.asarray(apply_modality_lut(levels, ds), dtype=np.float64)
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     if has_voi:
         values = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
-    usable = values if padding_values is None or padding_values.all() else values[~padding_values]
-    lo, hi = float(usable.min()), float(usable.max())
     if has_voi and "VOILUTSequence" not in ds:
         # a window maps onto the output range 0 .. 2^bits - 1 (pydicom's convention): keep it absolute
         lo, hi = 0.0, float(2 ** int(ds.get("BitsStored", 16)) - 1)
+    else:
+        ends = values[[used[0] - lo_value, used[1] - lo_value]]
+        lo, hi = float(ends.min()), float(ends.max())
     table = np.clip((values - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
     if _inverted(ds):
         table = 1.0 - table
@@ -216,11 +218,11 @@ def display_pixels(ds: Dataset, stored: NDArray[np.generic] | None = None) -> F3
         arr = np.rint(arr).astype(np.int64)
     lo_value, hi_value = int(arr.min()), int(arr.max())
     padding = _padding(ds, arr)
-    padded_levels = None
-    if padding.any():
-        padded_levels = np.zeros(hi_value - lo_value + 1, dtype=bool)
-        padded_levels[np.unique(arr[padding]) - lo_value] = True
-    table = _display_table(ds, lo_value, hi_value, padded_levels)
+    used = (lo_value, hi_value)
+    if padding.any() and not padding.all():
+        image = arr[~padding]
+        used = (int(image.min()), int(image.max()))
+    table = _display_table(ds, lo_value, hi_value, used)
     out = table[arr.astype(np.int64) - lo_value]
     if padding.any():
         out[padding] = 0.0  # padding shows as background, never as anatomy

@@ -110,7 +110,13 @@ class Spine:
         levels = self.lumbar_levels
         if len(levels) < 3:
             return f"lumbar spine not found ({len(levels)} of 5 lumbar bodies)"
-        found = [lv for lv in VERTEBRAL_LEVELS if lv in self.centres]
+        # order and spacing are judged on the well-formed bodies: a body cut by the field edge or
+        # half-labelled by the model moves its centre, which is no sign of a different anatomy
+        areas = {lv: self.seg.area(f"body_{lv}") for lv in self.centres}
+        typical = float(np.median([areas[lv] for lv in levels]))
+        found = [lv for lv in VERTEBRAL_LEVELS if lv in self.centres and areas[lv] >= 0.5 * typical]
+        if len(found) < 3:
+            return f"lumbar spine not found ({len(found)} well-formed vertebral bodies)"
         along = [float(self.centres[lv] @ self.axis) for lv in found]
         if any(b <= a for a, b in itertools.pairwise(along)):
             return "vertebral bodies out of order: not a lumbar spine"

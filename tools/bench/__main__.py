@@ -1,4 +1,5 @@
 """python -m tools.bench infer --model engines/<model>/<version> [--backend onnxruntime] [--runs N]
+python -m tools.bench check [--runs N] [--size 2500]: the whole `edge-qc check` pipeline, stage by stage
 
 Latency of the model alone (p50/p95, throughput) with the model's FLOPs; and of the path from a
 full-size DICOM to the network input (decode + preprocess), which the appliance pays on every image.
@@ -75,6 +76,36 @@ def bench_preprocess(runs: int) -> None:
     )
 
 
+def bench_check(runs: int, size: int, images: int) -> int:
+    """Median wall time of every pipeline stage on full-size phantom DICOM files, after start-up
+    (the first image of each file is not counted: it pays for page faults and allocator growth)."""
+    import tempfile
+
+    from edge.config import Config
+    from edge.pipeline import Pipeline
+    from tools.phantom.dataset import SetOptions, generate_image, write_image
+
+    pipeline = Pipeline(Config())
+    stages: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / "images").mkdir()
+        (out / "masks").mkdir()
+        options = SetOptions(seed=910_001, size_px=size)
+        paths = [out / write_image(generate_image(options, i), out, options)["file"] for i in range(images)]
+        pipeline.process(paths[0])  # start-up: model warm, caches filled
+        for _ in range(runs):
+            for path in paths:
+                for stage, ms in pipeline.process(path).verdict.timings_ms.items():
+                    stages.setdefault(stage, []).append(ms)
+    pipeline.close()
+    n = len(stages.get("total", []))
+    print(f"edge-qc check on {size} x {size} phantom DICOM ({images} images x {runs} runs = {n}), ONNX Runtime CPU:")
+    for stage, values in stages.items():
+        print(f"  {stage:10s} median {statistics.median(values):7.1f} ms   p90 {percentile(values, 90):7.1f} ms")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     infer.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     infer.add_argument("--runs", type=int, default=50)
     infer.add_argument("--threads", type=int, default=2)
+    check = sub.add_parser("check", help="edge-qc check stage timings on full-size DICOM files")
+    check.add_argument("--runs", type=int, default=5)
+    check.add_argument("--size", type=int, default=2500)
+    check.add_argument("--images", type=int, default=3, help="one per view (default 3)")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return bench_check(args.runs, args.size, args.images)
     code = bench_infer(args.model, args.backend, args.runs, args.threads)
     if code == 0:
         bench_preprocess(max(3, args.runs // 10))

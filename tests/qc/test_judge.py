@@ -1,0 +1,67 @@
+"""Judging is pure: measurements and the standard in, outcomes and corrections out."""
+
+from __future__ import annotations
+
+from edge.qc.judge import judge_item, overall
+from edge.qc.measure import Measurement
+from edge.qc.standard import load_standard
+
+STANDARD = load_standard()
+
+
+def result(view: str, item: str, value: float | None, **detail: object):  # type: ignore[no-untyped-def]
+    return judge_item(Measurement(item, value, "", dict(detail)), STANDARD.rule(view, item), view)  # type: ignore[arg-type]
+
+
+def test_coverage_fails_when_the_structure_touches_the_field_edge() -> None:
+    assert result("ap", "upper_coverage", 12.0, cut=False, nearest_edge="top").outcome == "pass"
+    assert result("ap", "upper_coverage", 4.0, cut=False, nearest_edge="top").outcome == "fail"
+    touching = result("ap", "lower_coverage", 0.3, cut=True, nearest_edge="bottom")
+    assert touching.outcome == "fail" and "move the field down" in touching.correction
+    missing = result("ap", "lower_coverage", float("-inf"), cut=True, missing=["si_joint_left"])
+    assert missing.outcome == "fail" and "si_joint_left not in the field" in missing.correction
+
+
+def test_ranges_and_exposure_bands() -> None:
+    assert result("ap", "rotation_pedicles", 1.0).outcome == "pass"
+    assert result("ap", "rotation_pedicles", 1.3).outcome == "fail"
+    assert result("ap", "rotation_pedicles", 0.7).outcome == "fail"
+    assert result("ap", "exposure_index", 0.5).outcome == "pass"
+    assert result("ap", "exposure_index", 1.5).outcome == "warn"
+    over = result("ap", "exposure_index", 3.5)
+    under = result("ap", "exposure_index", -3.5)
+    assert over.outcome == under.outcome == "fail"
+    assert "reduce the mAs" in over.correction and "increase the mAs" in under.correction
+    assert result("ap", "axis_tilt", -6.0).outcome == "fail"  # either direction
+
+
+def test_corrections_follow_the_measured_direction() -> None:
+    under = result("oblique", "obliquity", 22.0)
+    over = result("oblique", "obliquity", 60.0)
+    assert "further, by about 23 degrees" in under.correction
+    assert "back, by about 15 degrees" in over.correction
+    left = result("ap", "rotation_spinous", 0.3, rotation_deg=9.0)
+    right = result("ap", "rotation_spinous", 0.3, rotation_deg=-9.0)
+    assert "about 9 degrees (the left side turned back)" in left.correction
+    assert "the right side turned back" in right.correction
+    centring = result("ap", "centring", 0.2, offset_x_mm=40.0, offset_y_mm=-12.0)
+    assert centring.correction == "move the central ray 40 mm towards the image's right and 12 mm up"
+
+
+def test_unmeasured_items_make_the_image_indeterminate_unless_something_failed() -> None:
+    unmeasured = result("ap", "pelvis_rotation", None)
+    assert unmeasured.outcome == "indeterminate"
+    passed = result("ap", "axis_tilt", 1.0)
+    failed = result("ap", "axis_tilt", 9.0)
+    assert overall({"a": passed, "b": unmeasured}) == "indeterminate"
+    assert overall({"a": failed, "b": unmeasured}) == "fail"
+    assert overall({"a": passed}) == "pass"
+
+
+def test_warn_severity_never_fails_the_image() -> None:
+    from dataclasses import replace
+
+    rule = replace(STANDARD.rule("ap", "collimation"), severity="warn")
+    r = judge_item(Measurement("collimation", 2.0, "ratio", {"minimal_field_mm": [200, 300]}), rule, "ap")
+    assert r.outcome == "warn" and overall({"collimation": r}) == "pass"
+    assert r.correction == "collimate to about 200 x 300 mm"

@@ -1,0 +1,78 @@
+"""edge-qc's verdict on phantom DICOM files, for every view and every fault type, against 3D truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pydicom
+import pytest
+
+from edge.pipeline import Pipeline
+from edge.qc.verdict import schema
+from tests.phantom.test_faults import TARGET
+from tests.qc.conftest import fault_case, judge_case
+from tools.phantom.acquisition import FAULTS
+from tools.phantom.dataset import PhantomImage, SetOptions, generate_image
+
+CASES = [(view, fault) for view, faults in FAULTS.items() for fault in faults]
+# Known gap, stated in the issue's closing note: on a lateral view the shipped model does not separate
+# the left and right pedicles, and the doubled posterior wall is not visible enough on the image to
+# measure, so axial rotation on a lateral is not detected. Detecting it makes this test fail on purpose.
+KNOWN_MISSES = {("lateral", "rotation")}
+
+
+def clear_case(view: str, fault: str) -> PhantomImage:
+    """The first seed whose truth is not borderline, so that the expected verdict is unambiguous."""
+    for seed in range(60, 90):
+        image = fault_case(view, fault, seed)
+        if not image.entry["qc"]["borderline"]:
+            return image
+    raise AssertionError(f"no clear {fault} case on {view} in 30 seeds")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("view", "fault"), CASES)
+def test_fault_gives_the_true_verdict(pipeline: Pipeline, tmp_path: Path, view: str, fault: str) -> None:
+    image = clear_case(view, fault)
+    truth = image.entry["qc"]
+    verdict = judge_case(pipeline, image, tmp_path).verdict
+    jsonschema.validate(verdict.as_dict(), schema())
+    if (view, fault) in KNOWN_MISSES:
+        assert verdict.verdict != "fail", f"{fault} on {view} is now detected: remove it from KNOWN_MISSES"
+        pytest.xfail("lateral axial rotation is not measurable with the shipped model (see KNOWN_MISSES)")
+    assert verdict.verdict == truth["verdict"] == "fail", (truth["failed_items"], verdict.summary())
+    item = TARGET[fault].get(view, TARGET[fault].get("*"))
+    failed = [r.item for r in verdict.failed]
+    assert item in failed, f"{item} should fail: {verdict.summary()}"
+    for r in verdict.failed:
+        assert r.message and r.correction  # every failure says what is wrong and what to do
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("view", ["ap", "lateral", "oblique"])
+def test_faultless_images_pass(pipeline: Pipeline, tmp_path: Path, view: str) -> None:
+    passed = 0
+    for index in range(3):
+        image = generate_image(SetOptions(seed=700, size_px=1024, fault_rate=0.0, views=(view,)), index)  # type: ignore[arg-type]
+        if image.entry["qc"]["verdict"] != "pass" or image.entry["qc"]["borderline"]:
+            continue
+        verdict = judge_case(pipeline, image, tmp_path).verdict
+        jsonschema.validate(verdict.as_dict(), schema())
+        assert verdict.verdict == "pass", verdict.summary()
+        passed += 1
+    assert passed >= 2  # natural variation may fail one image in truth; at least two must be clean passes
+
+
+@pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "RG3_UNCR.dcm"])
+def test_real_radiographs_of_other_anatomy_are_not_judged(pipeline: Pipeline, name: str) -> None:
+    """pydicom's CR chest and CR tibia: indeterminate, never a lumbar verdict, with or without the
+    Body Part Examined tag (without it, the masks themselves show no lumbar spine)."""
+    store = pytest.importorskip("data_store", reason="pydicom-data holds the CR files")
+    ds = pydicom.dcmread(Path(store.__file__).parent / "data" / name)
+    tagged = pipeline.process(ds).verdict
+    assert tagged.verdict == "indeterminate" and tagged.reason_code == "not_lumbar_spine"
+    del ds.BodyPartExamined
+    untagged = pipeline.process(ds).verdict
+    assert untagged.verdict == "indeterminate" and "not a lumbar spine" in untagged.reason
+    jsonschema.validate(untagged.as_dict(), schema())

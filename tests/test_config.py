@@ -1,0 +1,64 @@
+"""Site configuration: strict, typed, every error names the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, load_config
+
+GOOD = """
+[model]
+backend = "onnxruntime"
+threads = 1
+
+[qc.target_exposure_index]
+ap = 250.0
+lateral = 400
+
+[qc.overrides.ap.centring]
+max_offset_fraction = 0.12
+[qc.overrides.oblique.obliquity]
+severity = "warn"
+"""
+
+
+def test_overrides_and_targets_apply(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    standard = config.load_standard()
+    assert standard.rule("ap", "centring").number("max_offset_fraction") == 0.12
+    assert standard.rule("lateral", "centring").number("max_offset_fraction") == 0.10  # untouched
+    assert standard.rule("oblique", "obliquity").severity == "warn"
+    assert config.qc.target_exposure_index == {"ap": 250.0, "lateral": 400.0}
+    assert config.model.threads == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[modle]\npath = 'x'", "'modle'"),
+        ("[model]\nbackend = 'tvm'", "model.backend"),
+        ("[model]\nthreads = 0", "model.threads"),
+        ("[qc.target_exposure_index]\napp = 300", "qc.target_exposure_index.app"),
+        ("[qc.target_exposure_index]\nap = -1", "qc.target_exposure_index.ap"),
+        ("[qc.overrides.ap.centring]\nmax_offset = 0.2", "qc.overrides.ap.centring.max_offset"),
+        ("[qc.overrides.ap.obliquity]\nmin_angle_deg = 20", "qc.overrides.ap.obliquity"),
+        ("[qc.overrides.ap.centring]\nmax_offset_fraction = 'wide'", "ap.centring.max_offset_fraction"),
+        ("[qc.overrides.ap.centring]\nseverity = 'maybe'", "ap.centring.severity"),
+        ("[qc\nbroken", "site.toml"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert names in str(info.value) and "site.toml" in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_config(tmp_path / "absent.toml")

@@ -1,0 +1,1 @@
+"""QC evaluation on held-out phantom images: python -m tools.evaluate_qc."""
