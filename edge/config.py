@@ -32,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # JetPack 6 (Ubuntu 22.04) ships Python 3.10
     import tomli as tomllib
 
-DEFAULT_MODEL: Final = Path(__file__).resolve().parent.parent / "engines" / "lumbar-resunet" / "0.1.0"
+DEFAULT_MODEL: Final = Path(__file__).resolve().parent.parent / "engines" / "lumbar-resunet" / "0.2.0"
 BACKENDS: Final = ("onnxruntime", "tensorrt")
 
 

@@ -49,10 +49,9 @@ def edge_profile(image: F32, transform: Transform, spacing_mm: float, edge_point
     return offsets, bilinear(image, x, y).mean(axis=0)
 
 
-def spread_mm(offsets: F64, profile: F64) -> float | None:
-    """Distance from the bright cortical rim at the edge to where the profile has dropped half-way
-    from that rim to the darkest value just outside it. None when there is no rim-and-drop to measure
-    (an edge against another bone, or no edge where the mask put one)."""
+def _rim_and_drop(offsets: F64, profile: F64) -> tuple[float, float] | None:
+    """(rim, drop) positions in mm: the brightest point near the edge, and the point outside it
+    where the profile has fallen half-way from that rim to the darkest value beyond it."""
     search = np.flatnonzero((offsets >= RIM_SEARCH_MM[0]) & (offsets <= RIM_SEARCH_MM[1]))
     rim = int(search[np.argmax(profile[search])])
     beyond = np.flatnonzero((offsets > offsets[rim]) & (offsets <= offsets[rim] + DROP_SEARCH_MM))
@@ -70,4 +69,13 @@ def spread_mm(offsets: F64, profile: F64) -> float | None:
     drop = int(below[0])
     a, b = profile[drop - 1], profile[drop]
     drop_mm = float(offsets[drop - 1] + (a - half) / max(a - b, 1e-9) * PROFILE_STEP_MM)
-    return max(drop_mm - float(offsets[rim]), 0.0)
+    return float(offsets[rim]), drop_mm
+
+
+def spread_mm(offsets: F64, profile: F64) -> float | None:
+    """Distance from the bright cortical rim at the edge to where the profile has dropped half-way
+    from that rim to the darkest value just outside it. None when there is no rim-and-drop to measure
+    (an edge against another bone, or no edge where the mask put one)."""
+    found = _rim_and_drop(offsets, profile)
+    return None if found is None else max(found[1] - found[0], 0.0)
+

@@ -100,3 +100,23 @@ def test_train_cli_rejects_a_recipe_that_cannot_run(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 2 and "--samples >= --batch" in result.stderr
+
+
+def test_lateral_pedicle_targets_follow_the_prediction_order() -> None:
+    """On a lateral the loss must not ask which pedicle is the left one: targets swap to the order the
+    prediction fits better; on other views they never swap."""
+    import torch
+
+    from tools.train.train import order_pedicles
+
+    left, right = STRUCTURES.index("pedicle_left"), STRUCTURES.index("pedicle_right")
+    masks = torch.zeros(2, len(STRUCTURES), 8, 8)
+    masks[:, left, :, :4] = 1.0  # target: left pedicle in the left half, right pedicle in the right half
+    masks[:, right, :, 4:] = 1.0
+    logits = torch.full((2, len(STRUCTURES), 8, 8), -8.0)
+    logits[:, left, :, 4:] = 8.0  # prediction: the other way round
+    logits[:, right, :, :4] = 8.0
+    views = torch.tensor([VIEW_CLASSES.index("lateral"), VIEW_CLASSES.index("ap")])
+    ordered = order_pedicles(logits, masks, views)
+    assert torch.equal(ordered[0, left], masks[0, right]) and torch.equal(ordered[0, right], masks[0, left])
+    assert torch.equal(ordered[1], masks[1])  # AP: the sides are visible, never swapped

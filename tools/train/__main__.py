@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
     parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast")
     parser.add_argument("--init", type=Path, default=None, help="start from the weights of this checkpoint")
+    parser.add_argument(
+        "--lateral-rotation-samples", type=int, default=0, help="extra lateral views with axial rotation (fine-tuning)"
+    )
+    parser.add_argument(
+        "--symmetric-pedicles", action="store_true", help="on laterals, score the pedicle channels in the better order"
+    )
     args = parser.parse_args(argv)
     recipe = Recipe(
         seed=args.seed,
@@ -33,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.lr,
         bf16=not args.fp32,
         init=str(args.init or ""),
+        lateral_rotation_samples=args.lateral_rotation_samples,
+        symmetric_pedicles=args.symmetric_pedicles,
     )
     if args.epochs < 1 or args.samples < args.batch or args.batch < 1 or args.size < 32:
         parser.error("need --epochs >= 1, --batch >= 1, --samples >= --batch and --size >= 32")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from edge.dicom.decode import display_pixels
 from edge.imaging.preprocess import DEFAULT_SIZE, preprocess, resample
 from edge.qc.structures import STRUCTURE_VIEWS, STRUCTURES, VIEW_CLASSES
+from tools.phantom.acquisition import Acquisition, sample_acquisition
 from tools.phantom.dataset import SetOptions, generate_image, image_dataset
 
 RENDER_PX = 512  # detector matrix the samples are rendered at before preprocessing
@@ -44,12 +45,40 @@ class Samples:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def concatenate(self, other: Samples) -> Samples:
+        return Samples(
+            np.concatenate([self.images, other.images]),
+            np.concatenate([self.masks, other.masks]),
+            np.concatenate([self.defined, other.defined]),
+            np.concatenate([self.views, other.views]),
+        )
+
+
+# Lateral views with axial rotation across the whole range QC must judge (the general mix has few):
+# they teach the model to outline the left and right pedicles apart when rotation separates them.
+LATERAL_ROTATION_RANGE_DEG = 15.0
+
+
+def _lateral_rotation(seed: int, index: int) -> Acquisition:
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1)))
+    acq = sample_acquisition(rng, "lateral", 0.3)
+    return replace(acq, rotation_deg=float(rng.uniform(-LATERAL_ROTATION_RANGE_DEG, LATERAL_ROTATION_RANGE_DEG)))
+
 
 def make_sample(
-    seed: int, index: int, size: int = DEFAULT_SIZE, render_px: int = RENDER_PX, fault_rate: float = 0.5
+    seed: int,
+    index: int,
+    size: int = DEFAULT_SIZE,
+    render_px: int = RENDER_PX,
+    fault_rate: float = 0.5,
+    lateral_rotation: bool = False,
 ) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.bool_], int]:
-    options = SetOptions(seed=seed, size_px=render_px, fault_rate=fault_rate)
-    image = generate_image(options, index)
+    if lateral_rotation:
+        options = SetOptions(seed=seed, size_px=render_px, fault_rate=fault_rate, views=("lateral",))
+        image = generate_image(options, index, acquisition=_lateral_rotation(seed, index))
+    else:
+        options = SetOptions(seed=seed, size_px=render_px, fault_rate=fault_rate)
+        image = generate_image(options, index)
     r, acq = image.rendering, image.acquisition
     ds = image_dataset(image, seed)
     net_input, transform = preprocess(display_pixels(ds, r.stored), size)
@@ -63,17 +92,25 @@ def make_sample(
     return np.rint(net_input[0, 0] * 255).astype(np.uint8), masks, defined, view
 
 
-def _job(args: tuple[int, int, int, int]) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.bool_], int] | str:
+def _job(
+    args: tuple[int, int, int, int, bool],
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.bool_], int] | str:
+    seed, index, size, render_px, lateral_rotation = args
     try:
-        return make_sample(*args)
+        return make_sample(seed, index, size, render_px, lateral_rotation=lateral_rotation)
     except Exception as exc:  # reported and skipped by build_samples, never silently
         return f"seed {args[0]} image {args[1]}: {type(exc).__name__}: {exc}"
 
 
 def build_samples(
-    seed: int, count: int, size: int = DEFAULT_SIZE, render_px: int = RENDER_PX, workers: int | None = None
+    seed: int,
+    count: int,
+    size: int = DEFAULT_SIZE,
+    render_px: int = RENDER_PX,
+    workers: int | None = None,
+    lateral_rotation: bool = False,
 ) -> Samples:
-    jobs = [(seed, i, size, render_px) for i in range(count)]
+    jobs = [(seed, i, size, render_px, lateral_rotation) for i in range(count)]
     # one BLAS thread per worker: the resampling matmuls oversubscribe the cores otherwise (5x slower)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")

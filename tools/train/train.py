@@ -42,6 +42,8 @@ class Recipe:
     weight_decay: float = 1e-4
     bf16: bool = True
     init: str = ""  # a checkpoint whose weights start this run (fine-tuning); empty: random init
+    lateral_rotation_samples: int = 0  # extra lateral views with axial rotation up to 15 degrees
+    symmetric_pedicles: bool = False  # on laterals, score the pedicle channels in the better order
 
     @property
     def train_seed(self) -> int:
@@ -83,6 +85,28 @@ def seg_loss(logits: Tensor, target: Tensor, defined: Tensor) -> Tensor:
     return bce + dice_loss
 
 
+PEDICLES = (STRUCTURES.index("pedicle_left"), STRUCTURES.index("pedicle_right"))
+LATERAL_CLASS = VIEW_CLASSES.index("lateral")
+
+
+def order_pedicles(logits: Tensor, masks: Tensor, views: Tensor) -> Tensor:
+    """On a lateral view nothing in the image says which pedicle is the left one (they differ only in
+    magnification), so each lateral sample's pedicle targets are swapped where the swapped order fits
+    the prediction better: the loss then asks for two pedicles, not for a guess of their sides."""
+    left, right = PEDICLES
+    with torch.no_grad():
+        p = torch.sigmoid(logits[:, [left, right]].float())
+        t = masks[:, [left, right]]
+        same = (p - t).abs().mean(dim=(1, 2, 3))
+        swapped = (p - t.flip(1)).abs().mean(dim=(1, 2, 3))
+        swap = (swapped < same) & (views == LATERAL_CLASS)
+    if not bool(swap.any()):
+        return masks
+    out = masks.clone()
+    out[swap, left], out[swap, right] = masks[swap, right], masks[swap, left]
+    return out
+
+
 def batches(samples: Samples, order: np.ndarray, batch: int) -> list[np.ndarray]:
     return [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
 
@@ -115,12 +139,12 @@ def evaluate_samples(model: ResUNet, samples: Samples, bf16: bool) -> dict[str, 
     }
 
 
-def load_or_build(run: Path, name: str, seed: int, count: int, size: int) -> Samples:
+def load_or_build(run: Path, name: str, seed: int, count: int, size: int, lateral_rotation: bool = False) -> Samples:
     path = run / f"{name}-seed{seed}-n{count}-s{size}.npz"
     if path.exists():
         return Samples.load(path)
     start = time.perf_counter()
-    samples = build_samples(seed, count, size)
+    samples = build_samples(seed, count, size, lateral_rotation=lateral_rotation)
     samples.save(path)
     print(f"{name}: built {count} phantom samples in {time.perf_counter() - start:.0f} s -> {path.name}", flush=True)
     return samples
@@ -135,6 +159,16 @@ def train(run: Path, recipe: Recipe, max_steps: int | None = None, quiet: bool =
     recipe_path.write_text(json.dumps(asdict(recipe), indent=1))
     torch.manual_seed(recipe.seed)
     train_set = load_or_build(run, "train", recipe.train_seed, recipe.samples, recipe.size)
+    if recipe.lateral_rotation_samples:
+        extra = load_or_build(
+            run,
+            "lateral-rotation",
+            recipe.train_seed,
+            recipe.lateral_rotation_samples,
+            recipe.size,
+            lateral_rotation=True,
+        )
+        train_set = train_set.concatenate(extra)
     val_set = load_or_build(run, "validation", recipe.validation_seed, recipe.validation_samples, recipe.size)
 
     model = ResUNet(len(STRUCTURES), len(VIEW_CLASSES), base=recipe.base_channels)
@@ -168,6 +202,8 @@ def train(run: Path, recipe: Recipe, max_steps: int | None = None, quiet: bool =
             images = augment(images, generator).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
                 logits, view_logits, aux = model(images)
+            if recipe.symmetric_pedicles:
+                masks = order_pedicles(logits, masks, views)
             loss = seg_loss(logits.float(), masks, defined) + 0.2 * F.cross_entropy(view_logits.float(), views)
             for weight, a in zip((0.5, 0.25), aux, strict=True):
                 loss = loss + weight * seg_loss(a.float(), masks, defined)
