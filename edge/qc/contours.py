@@ -78,4 +78,3 @@ def spread_mm(offsets: F64, profile: F64) -> float | None:
     (an edge against another bone, or no edge where the mask put one)."""
     found = _rim_and_drop(offsets, profile)
     return None if found is None else max(found[1] - found[0], 0.0)
-

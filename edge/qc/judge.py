@@ -87,6 +87,8 @@ def _compare(rule: ItemRule, value: float, detail: dict[str, object]) -> Outcome
     return "pass" if ok else "fail"
 
 
+# The textbook oblique: 45 degrees shows the facet joints of most lumbar levels (35-45 for the upper).
+TARGET_OBLIQUITY_DEG: Final = 45.0
 _MOVE: Final = {"top": "up", "bottom": "down", "left": "towards the image's left", "right": "towards the image's right"}
 
 
@@ -133,12 +135,16 @@ def correction(m: Measurement, rule: ItemRule, view: View) -> str:
     if item == "tilt_double_endplates":
         return "place a radiolucent pad under the waist so the spine lies parallel to the table"
     if item in ("obliquity", "facet_joints"):
-        angle = v if item == "obliquity" else None
-        if angle is None:
+        estimate = v if item == "obliquity" else d.get("obliquity_deg")
+        if not isinstance(estimate, float | int):
             return "turn the patient to 45 degrees"
-        if angle < rule.number("min_angle_deg"):
-            return f"obliquity about {angle:.0f} degrees: turn the patient further, by about {45 - angle:.0f} degrees"
-        return f"obliquity about {angle:.0f} degrees: turn the patient back, by about {angle - 45:.0f} degrees"
+        angle = float(estimate)
+        target, now = TARGET_OBLIQUITY_DEG, f"obliquity about {angle:.0f} degrees"
+        if angle < target - 5.0:
+            return f"{now}: turn the patient further, by about {target - angle:.0f} degrees"
+        if angle <= target + 5.0:
+            return f"{now}: adjust it towards {target:.0f} degrees"
+        return f"{now}: turn the patient back, by about {angle - target:.0f} degrees"
     if item == "collimation":
         size = d.get("minimal_field_mm")
         return f"collimate to about {size[0]} x {size[1]} mm" if isinstance(size, list) else "collimate tighter"

@@ -625,7 +625,11 @@ def facet_joints(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ct
         "facet_joints",
         float(visible),
         "levels",
-        {"beam_to_joint_deg": {k: round(v, 1) for k, v in angles.items()}, "from": "estimated obliquity"},
+        {
+            "beam_to_joint_deg": {k: round(v, 1) for k, v in angles.items()},
+            "obliquity_deg": round(measured.value, 1),
+            "from": "estimated obliquity",
+        },
     )
 
 
