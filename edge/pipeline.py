@@ -164,6 +164,7 @@ class Pipeline:
             radiograph = decode(ds)
         except Rejection as exc:
             lap("decode")
+            timings["total"] = (time.perf_counter() - start) * 1000
             return self._rejected(exc, timings)
         lap("decode")
         net_input, transform = preprocess(radiograph.pixels, self.manifest.input_size)
@@ -194,34 +195,19 @@ class Pipeline:
             notes.append("no calibrated Pixel Spacing: millimetres are at the detector (about 10-20 % larger)")
 
         view_info = self._view(radiograph, seg)
+
+        def indeterminate(reason: str, code: str, measurements: dict[str, Measurement] | None = None) -> Result:
+            lap("measure")
+            timings["total"] = (time.perf_counter() - start) * 1000
+            verdict = Verdict("indeterminate", reason, code, view_info, {}, notes, image, self.versions, timings)
+            return Result(verdict, radiograph, seg, measurements)
+
         if radiograph.body_part not in LUMBAR_BODY_PARTS:
-            lap("measure")
-            verdict = Verdict(
-                "indeterminate",
-                f"not a lumbar spine examination (Body Part Examined {radiograph.body_part})",
-                "not_lumbar_spine",
-                view_info,
-                {},
-                notes,
-                image,
-                self.versions,
-                timings,
+            return indeterminate(
+                f"not a lumbar spine examination (Body Part Examined {radiograph.body_part})", "not_lumbar_spine"
             )
-            return Result(verdict, radiograph, seg)
         if view_info.judged is None:
-            lap("measure")
-            verdict = Verdict(
-                "indeterminate",
-                "view unknown: neither the DICOM tags nor the model identify it",
-                "view_unknown",
-                view_info,
-                {},
-                notes,
-                image,
-                self.versions,
-                timings,
-            )
-            return Result(verdict, radiograph, seg)
+            return indeterminate("view unknown: neither the DICOM tags nor the model identify it", "view_unknown")
         if view_info.agree is False:
             notes.append(
                 f"view disagreement: DICOM says {view_info.from_tags}, the image looks like {view_info.from_model}"
@@ -240,12 +226,9 @@ class Pipeline:
             image_spacing_mm=seg.mm_per_px * transform.scale_x,
         )
         measurements, reason = measure_all(seg, self.standard, ctx)
-        lap("measure")
         if reason:
-            verdict = Verdict(
-                "indeterminate", reason, "not_lumbar_spine", view_info, {}, notes, image, self.versions, timings
-            )
-            return Result(verdict, radiograph, seg, measurements)
+            return indeterminate(reason, "not_lumbar_spine", measurements)
+        lap("measure")
         results: dict[str, ItemResult] = judge(measurements, self.standard, view)
         outcome = overall(results)
         reason_text, code = "", ""
