@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.imaging.preprocess import Transform
-from edge.qc.structures import STRUCTURES, VIEW_CLASSES
+from edge.qc.structures import STRUCTURES
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -66,13 +66,6 @@ class Segmentation:
     def present(self, name: str) -> bool:
         return self.area(name) >= MIN_AREA_PX
 
-    def points(self, name: str, weights: bool = False) -> tuple[F64, F64]:
-        """(N x 2) coordinates of the mask's pixels and their probabilities."""
-        p = self.prob(name)
-        rows, cols = np.nonzero(p > THRESHOLD)
-        xy = np.stack([cols, rows], axis=1).astype(np.float64)
-        return xy, p[rows, cols].astype(np.float64)
-
     def centroid(self, name: str, within: NDArray[np.bool_] | None = None) -> F64 | None:
         """Probability-weighted centre of the mask (optionally inside a region), or None if absent."""
         p = self.prob(name)
@@ -84,10 +77,6 @@ class Segmentation:
         rows, cols = np.nonzero(mask)
         w = p[rows, cols].astype(np.float64)
         return np.array([float(np.average(cols, weights=w)), float(np.average(rows, weights=w))])
-
-    @property
-    def view_class(self) -> str:
-        return VIEW_CLASSES[int(np.argmax(self.view_probabilities))]
 
 
 def fine_points(prob: F32, region: NDArray[np.bool_] | None = None, factor: int = UPSAMPLE) -> F64:
@@ -153,8 +142,7 @@ def _crossings(profile: F64) -> tuple[float, float]:
     lo = first - 0.5
     if first > 0:
         a, b = profile[first - 1], profile[first]
-        lo = first - 1 + (THRESHOLD - a) / max(b - a, 1e-9) - 0.0
-        lo = float(lo)
+        lo = float(first - 1 + (THRESHOLD - a) / max(b - a, 1e-9))
     hi = last + 0.5
     if last < len(profile) - 1:
         a, b = profile[last], profile[last + 1]
