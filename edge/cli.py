@@ -1,6 +1,7 @@
 """edge-qc: the appliance's command line.
 
     edge-qc check FILE.dcm [FILE.dcm ...] [--json] [--overlay OUT.png] [--config site.toml]
+    edge-qc engine list|activate VERSION|rollback [--root ENGINES_DIR]
 
 Exit status: 0 every image passed, 1 at least one failed, was indeterminate or was rejected,
 2 the command itself could not run (bad configuration, missing model, unreadable file).
@@ -77,6 +78,29 @@ def check(args: argparse.Namespace) -> int:
     return worst
 
 
+def engine(args: argparse.Namespace) -> int:
+    from edge.engines.store import EngineStore, StoreError
+
+    store = EngineStore(args.root)
+    try:
+        if args.action == "list":
+            for entry in store.entries():
+                mark = "*" if entry.current else "-" if entry.previous else " "
+                label = entry.manifest.label if entry.manifest else f"unusable: {entry.problem}"
+                print(f"{mark} {entry.name:12s} {label}")
+            print("(* current, - previous)")
+        elif args.action == "activate":
+            manifest = store.activate(args.version)
+            print(f"{store.root}: current -> {args.version} ({manifest.label}); previous -> {store.previous}")
+        else:
+            manifest = store.rollback()
+            print(f"{store.root}: rolled back, current -> {store.current} ({manifest.label})")
+    except StoreError as exc:
+        print(f"edge-qc: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-qc", description="Lumbar-spine radiograph quality control.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,9 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--overlay", type=Path, metavar="OUT.png", help="draw structures and failed items")
     p_check.add_argument("--config", type=Path, help="site configuration (TOML); default: built-in defaults")
     p_check.add_argument("--timings", action="store_true", help="print the time of every pipeline stage")
+    p_engine = sub.add_parser("engine", help="the engines directory: list versions, activate one, roll back")
+    p_engine.add_argument("action", choices=["list", "activate", "rollback"])
+    p_engine.add_argument("version", nargs="?", help="the version to activate (a folder under --root)")
+    p_engine.add_argument(
+        "--root", type=Path, default=Path("engines/lumbar-resunet"), help="engines directory (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args)
+    if args.command == "engine":
+        if args.action == "activate" and not args.version:
+            parser.error("engine activate needs a VERSION")
+        return engine(args)
     return 2  # pragma: no cover - argparse enforces the subcommand
 
 

@@ -1,0 +1,112 @@
+"""The engines directory: atomic activation, one-step rollback, damaged copies refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge.config import Config, ModelConfig
+from edge.engines.store import EngineStore, StoreError
+from edge.pipeline import Pipeline
+from tests.qc.conftest import fault_case, write_case
+
+SHIPPED = Path(__file__).resolve().parents[2] / "engines" / "lumbar-resunet"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EngineStore:
+    for version in ("0.1.0", "0.2.0"):
+        shutil.copytree(SHIPPED / version, tmp_path / version, ignore=shutil.ignore_patterns("validation"))
+    return EngineStore(tmp_path)
+
+
+def pointers(store: EngineStore) -> tuple[str | None, str | None]:
+    return store.current, store.previous
+
+
+def test_activate_and_rollback_switch_the_pointers(store: EngineStore) -> None:
+    assert pointers(store) == (None, None) and [e.name for e in store.entries()] == ["0.1.0", "0.2.0"]
+    store.activate("0.1.0")
+    assert pointers(store) == ("0.1.0", None)
+    store.activate("0.2.0")
+    assert pointers(store) == ("0.2.0", "0.1.0")
+    assert (store.root / "current" / "manifest.json").is_file()
+    manifest = store.rollback()
+    assert manifest.version == "0.1.0" and pointers(store) == ("0.1.0", "0.2.0")
+    store.rollback()  # and back again
+    assert pointers(store) == ("0.2.0", "0.1.0")
+    flags = {e.name: (e.current, e.previous) for e in store.entries()}
+    assert flags == {"0.1.0": (False, True), "0.2.0": (True, False)}
+
+
+def test_damaged_or_unknown_versions_are_refused_and_nothing_changes(store: EngineStore) -> None:
+    store.activate("0.1.0")
+    model = store.root / "0.2.0" / "model.onnx"
+    model.write_bytes(model.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(StoreError, match="does not match the manifest"):
+        store.activate("0.2.0")
+    with pytest.raises(StoreError, match=r"no engine version '9\.9\.9'"):
+        store.activate("9.9.9")
+    with pytest.raises(StoreError, match="nothing to roll back to"):
+        store.rollback()
+    assert store.current == "0.1.0"
+    manifest = store.root / "0.2.0" / "manifest.json"
+    manifest.write_text(json.dumps({"name": "x"}))
+    broken = next(e for e in store.entries() if e.name == "0.2.0")
+    assert broken.manifest is None and "missing or malformed field" in broken.problem
+
+
+def test_a_pipeline_reading_current_keeps_working_while_versions_switch(store: EngineStore, tmp_path: Path) -> None:
+    """Switching `current` under a stream of images loses none: every image gets a verdict from one
+    whole version or the other (the daemon reloads on a signal; here new pipelines are opened)."""
+    store.activate("0.1.0")
+    image = write_case(fault_case("ap", "cut_top", 61), tmp_path)
+    versions: list[str] = []
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            for _ in range(6):
+                pipeline = Pipeline(Config(model=ModelConfig(path=store.root / "current", threads=1)))
+                verdict = pipeline.process(image).verdict
+                assert verdict.verdict == "fail"
+                versions.append(verdict.versions["model"])
+                pipeline.close()
+        except BaseException as exc:  # reported to the main thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    switches = 0
+    while worker.is_alive():  # switch back and forth for as long as images flow
+        if store.current == "0.1.0":
+            store.activate("0.2.0")
+        else:
+            store.rollback()
+        switches += 1
+    worker.join()
+    assert not errors and len(versions) == 6 and switches > 6
+    assert set(versions) <= {"lumbar-resunet 0.1.0", "lumbar-resunet 0.2.0"}
+
+
+def test_cli(store: EngineStore) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edge.cli", "engine", *args, "--root", str(store.root)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    assert run("activate", "0.2.0").returncode == 0
+    listing = run("list").stdout
+    assert "* 0.2.0" in listing and "lumbar-resunet 0.2.0" in listing
+    assert run("rollback").returncode == 2  # nothing before 0.2.0
+    bad = run("activate", "0.3.0")
+    assert bad.returncode == 2 and "no engine version '0.3.0'" in bad.stderr
