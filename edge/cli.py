@@ -2,6 +2,7 @@
 
     edge-qc check FILE.dcm [FILE.dcm ...] [--json] [--overlay OUT.png] [--config site.toml]
     edge-qc engine list|activate VERSION|rollback [--root ENGINES_DIR]
+    edge-qc engine validate MODEL_DIR [--precision fp32|fp16] [--write]
 
 Exit status: 0 every image passed, 1 at least one failed, was indeterminate or was rejected,
 2 the command itself could not run (bad configuration, missing model, unreadable file).
@@ -78,8 +79,66 @@ def check(args: argparse.Namespace) -> int:
     return worst
 
 
+def validate_engine(args: argparse.Namespace) -> int:
+    """The model's validation set through ONNX Runtime at the chosen precision against FP32."""
+    import json
+    import tempfile
+
+    from edge.engines.manifest import ManifestError, load_manifest
+    from edge.engines.validate import validate
+    from edge.inference.onnxruntime import OnnxRuntimeBackend
+    from edge.qc.standard import load_standard
+
+    try:
+        manifest = load_manifest(args.model_dir)
+    except ManifestError as exc:
+        print(f"edge-qc: {exc}", file=sys.stderr)
+        return 2
+    reference = OnnxRuntimeBackend(manifest.model_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine_path = manifest.model_path
+        if args.precision == "fp16":
+            import onnx
+
+            from edge.engines.precision import to_mixed_precision
+
+            engine_path = Path(tmp) / "model-fp16.onnx"
+            onnx.save(to_mixed_precision(onnx.load(str(manifest.model_path))), str(engine_path))
+        engine = OnnxRuntimeBackend(engine_path)
+        engine.name = f"onnxruntime-{args.precision}"
+        try:
+            report = validate(manifest, engine, reference, load_standard())
+        except FileNotFoundError as exc:
+            print(f"edge-qc: {exc}", file=sys.stderr)
+            return 2
+    worst = min(report.dice_agreement.values()) if report.dice_agreement else float("nan")
+    print(
+        f"{manifest.label} on {report.engine} vs {report.reference} FP32, {report.images} validation images: "
+        f"{'PASSED' if report.passed else 'FAILED'}; lowest per-structure Dice agreement {worst:.4f}, "
+        f"view agreement {report.view_agreement:.3f}, QC outcome agreement {report.verdict_agreement:.3f}"
+    )
+    for problem in report.problems:
+        print(f"  {problem}")
+    if args.write:
+        path = manifest.folder / "manifest.json"
+        data = json.loads(path.read_text())
+        data.setdefault("engine_validation", {})[report.engine] = report.as_dict()
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(data, indent=1) + "\n")
+        temporary.replace(path)
+        print(f"  recorded in {path}")
+    return 0 if report.passed else 1
+
+
 def engine(args: argparse.Namespace) -> int:
     from edge.engines.store import EngineStore, StoreError
+
+    if args.action == "validate":
+        if args.version is None:
+            print("edge-qc: engine validate needs MODEL_DIR", file=sys.stderr)
+            return 2
+        args.model_dir = Path(args.version)
+        return validate_engine(args)
 
     store = EngineStore(args.root)
     try:
@@ -110,9 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--overlay", type=Path, metavar="OUT.png", help="draw structures and failed items")
     p_check.add_argument("--config", type=Path, help="site configuration (TOML); default: built-in defaults")
     p_check.add_argument("--timings", action="store_true", help="print the time of every pipeline stage")
-    p_engine = sub.add_parser("engine", help="the engines directory: list versions, activate one, roll back")
-    p_engine.add_argument("action", choices=["list", "activate", "rollback"])
-    p_engine.add_argument("version", nargs="?", help="the version to activate (a folder under --root)")
+    p_engine = sub.add_parser("engine", help="engines: list versions, activate one, roll back, validate one")
+    p_engine.add_argument("action", choices=["list", "activate", "rollback", "validate"])
+    p_engine.add_argument(
+        "version", nargs="?", help="activate: a version folder under --root; validate: a model folder"
+    )
+    p_engine.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="validate: engine precision")
+    p_engine.add_argument("--write", action="store_true", help="validate: record the result in the manifest")
     p_engine.add_argument(
         "--root", type=Path, default=Path("engines/lumbar-resunet"), help="engines directory (default: %(default)s)"
     )

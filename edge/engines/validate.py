@@ -1,0 +1,114 @@
+"""Validate an engine before it is activated: the model's shipped validation set through the engine
+and through the FP32 reference, compared output by output and verdict by verdict.
+
+FP16 can break a U-Net silently (overflow past 65504 in a normalisation, a saturated sigmoid), so an
+engine must show no NaN or Inf, masks that agree with FP32 per structure, the same view, and the
+same QC outcome for every item, before any radiograph meets it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+
+from edge.dicom.decode import ExposureTags
+from edge.engines.manifest import ModelManifest
+from edge.imaging.preprocess import make_transform
+from edge.inference.backend import Backend, ModelOutputs
+from edge.qc.judge import judge, overall
+from edge.qc.measure import Context, measure_all
+from edge.qc.segmentation import THRESHOLD, Segmentation
+from edge.qc.standard import Standard
+from edge.qc.structures import STRUCTURES, VIEW_CLASSES, View
+
+MIN_DICE_AGREEMENT: Final = 0.98
+# The validation inputs are network squares without their DICOM header: measure them at a nominal
+# spacing (0.17 mm detector pixels over 43 cm -> 1.5 mm per network pixel at the spine plane).
+NOMINAL_MM_PER_PX: Final = 1.5
+# DI of 0 so that the exposure item is judged too (the tags travel with images, not with tensors).
+NOMINAL_EXPOSURE: Final = ExposureTags(exposure_index=300.0, target_exposure_index=300.0, deviation_index=0.0)
+
+
+@dataclass
+class ValidationReport:
+    engine: str
+    reference: str
+    images: int
+    finite: bool
+    dice_agreement: dict[str, float] = field(default_factory=dict)  # mean over images, per structure
+    view_agreement: float = 0.0
+    verdict_agreement: float = 0.0  # share of images with the same outcome for every QC item
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "passed": self.passed, "min_dice_agreement": MIN_DICE_AGREEMENT}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    total = int(a.sum()) + int(b.sum())
+    return None if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def _outcomes(outputs: ModelOutputs, standard: Standard) -> dict[str, str]:
+    """Every QC item's outcome for one network output, judged as the pipeline would."""
+    size = outputs.masks.shape[-1]
+    seg = Segmentation(outputs.masks, outputs.view, make_transform(size, size, size), NOMINAL_MM_PER_PX)
+    view_class = VIEW_CLASSES[int(np.argmax(outputs.view))]
+    view: View = "oblique" if view_class.startswith("oblique") else view_class  # type: ignore[assignment]
+    side = view_class.split("_")[1] if "_" in view_class else ""
+    ctx = Context(view, side, NOMINAL_EXPOSURE, 0.0, None)
+    measurements, reason = measure_all(seg, standard, ctx)
+    if reason:
+        return {"(image)": f"indeterminate: {reason}"}
+    results = judge(measurements, standard, view)
+    return {"(image)": overall(results), **{name: r.outcome for name, r in results.items()}}
+
+
+def validation_inputs(manifest: ModelManifest) -> list[Path]:
+    files = sorted((manifest.folder / "validation").glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{manifest.folder / 'validation'}: the model ships no validation set")
+    return files
+
+
+def validate(manifest: ModelManifest, engine: Backend, reference: Backend, standard: Standard) -> ValidationReport:
+    """Run the validation set through `engine` and `reference` (ONNX Runtime FP32) and compare."""
+    files = validation_inputs(manifest)
+    report = ValidationReport(engine.name, reference.name, len(files), True)
+    dice: dict[str, list[float]] = {name: [] for name in STRUCTURES}
+    same_view = same_verdict = 0
+    for path in files:
+        with np.load(path) as data:
+            image = np.asarray(data["image"], dtype=np.float32)
+        got, want = engine.infer(image), reference.infer(image)
+        if not (np.isfinite(got.masks).all() and np.isfinite(got.view).all()):
+            report.finite = False
+            report.problems.append(f"{path.name}: NaN or Inf in the engine's outputs")
+            continue
+        for c, name in enumerate(STRUCTURES):
+            d = _dice(got.masks[c] > THRESHOLD, want.masks[c] > THRESHOLD)
+            if d is not None:
+                dice[name].append(d)
+        same_view += int(np.argmax(got.view) == np.argmax(want.view))
+        got_outcomes, want_outcomes = _outcomes(got, standard), _outcomes(want, standard)
+        if got_outcomes == want_outcomes:
+            same_verdict += 1
+        else:
+            differ = sorted(k for k in want_outcomes if got_outcomes.get(k) != want_outcomes[k])
+            report.problems.append(f"{path.name}: QC outcomes differ from FP32 for {', '.join(differ)}")
+    report.dice_agreement = {name: round(float(np.mean(v)), 4) for name, v in dice.items() if v}
+    for name, value in report.dice_agreement.items():
+        if value < MIN_DICE_AGREEMENT:
+            report.problems.append(f"{name}: mask Dice agreement with FP32 {value:.4f} < {MIN_DICE_AGREEMENT}")
+    report.view_agreement = same_view / len(files)
+    report.verdict_agreement = same_verdict / len(files)
+    if same_view != len(files):
+        report.problems.append(f"view head disagrees with FP32 on {len(files) - same_view} of {len(files)} images")
+    return report

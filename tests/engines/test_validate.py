@@ -1,0 +1,73 @@
+"""Engine validation: the shipped validation set through an engine against ONNX Runtime FP32."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.engines.manifest import load_manifest
+from edge.engines.validate import validate
+from edge.inference.backend import F32, ModelOutputs
+from edge.inference.onnxruntime import OnnxRuntimeBackend
+from edge.qc.standard import load_standard
+from edge.qc.structures import STRUCTURES
+
+MODEL = Path(__file__).resolve().parents[2] / "engines" / "lumbar-resunet" / "0.2.0"
+
+
+class Corrupted:
+    """A real ONNX Runtime backend whose outputs are damaged the way a broken FP16 engine damages them."""
+
+    def __init__(self, how: str) -> None:
+        self.inner = OnnxRuntimeBackend(load_manifest(MODEL).model_path)
+        self.name = f"corrupted-{how}"
+        self.how = how
+
+    def infer(self, image: F32) -> ModelOutputs:
+        out = self.inner.infer(image)
+        masks = out.masks.copy()
+        if self.how == "nan":
+            masks[0, 0, 0] = np.nan
+        elif self.how == "pedicles":  # one structure lost: a saturated sigmoid in FP16
+            masks[STRUCTURES.index("pedicle_left")] = 0.0
+        return ModelOutputs(masks, out.view)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_fp32_against_itself_agrees_exactly() -> None:
+    manifest = load_manifest(MODEL)
+    backend = OnnxRuntimeBackend(manifest.model_path)
+    report = validate(manifest, backend, backend, load_standard())
+    assert report.passed and report.images == 6
+    assert set(report.dice_agreement.values()) == {1.0} and report.verdict_agreement == 1.0
+
+
+@pytest.mark.parametrize(("how", "problem"), [("nan", "NaN or Inf"), ("pedicles", "pedicle_left")])
+def test_a_damaged_engine_is_refused(how: str, problem: str) -> None:
+    manifest = load_manifest(MODEL)
+    report = validate(manifest, Corrupted(how), OnnxRuntimeBackend(manifest.model_path), load_standard())
+    assert not report.passed and any(problem in p for p in report.problems), report.problems
+
+
+def test_cli_validates_fp16_and_records_the_result(tmp_path: Path) -> None:
+    model = tmp_path / "0.2.0"
+    shutil.copytree(MODEL, model)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "engine", "validate", str(model), "--precision", "fp16", "--write"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASSED" in proc.stdout
+    recorded = json.loads((model / "manifest.json").read_text())["engine_validation"]["onnxruntime-fp16"]
+    assert recorded["passed"] and min(recorded["dice_agreement"].values()) >= 0.98
+    assert recorded["verdict_agreement"] == 1.0
