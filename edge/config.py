@@ -5,8 +5,9 @@ a QC failure nobody sees. Every error names the file and the dotted key.
 
     [model]
     path = "/opt/edge-qc/engines/lumbar-resunet/current"   # folder with manifest.json
-    backend = "onnxruntime"
+    backend = "onnxruntime"            # or "tensorrt" with engine = "....plan"
     threads = 2
+    fallback = true                    # a refused engine falls back to ONNX Runtime, marked degraded
 
     [qc]
     standard = ""                      # a standard file; empty: the one shipped with edge-qc
@@ -45,6 +46,8 @@ class ModelConfig:
     path: Path = DEFAULT_MODEL
     backend: str = "onnxruntime"
     threads: int = 2
+    engine: Path | None = None  # the TensorRT engine (.plan, with its .json) when backend = "tensorrt"
+    fallback: bool = True  # a refused or failing engine falls back to ONNX Runtime, marked degraded
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def _number(value: object, key: str, where: str, positive: bool = True) -> float
 def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Path | None = None) -> Config:
     _reject_unknown(data, {"model", "qc"}, "", where)
     model_t = _table(data, "model", where)
-    _reject_unknown(model_t, {"path", "backend", "threads"}, "model.", where)
+    _reject_unknown(model_t, {"path", "backend", "threads", "engine", "fallback"}, "model.", where)
     base = base_dir or Path.cwd()
     model = ModelConfig()
     if "path" in model_t:
@@ -119,7 +122,17 @@ def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Pat
     threads = model_t.get("threads", model.threads)
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
         raise ConfigError(f"{where}: 'model.threads' must be an integer 1..64, got {threads!r}")
-    model = ModelConfig(path=model.path, backend=backend, threads=threads)
+    engine = None
+    if "engine" in model_t:
+        if not isinstance(model_t["engine"], str) or not model_t["engine"]:
+            raise ConfigError(f"{where}: 'model.engine' must be a non-empty path string")
+        engine = base / model_t["engine"]
+    if backend == "tensorrt" and engine is None:
+        raise ConfigError(f"{where}: 'model.engine' is required when 'model.backend' is \"tensorrt\"")
+    fallback = model_t.get("fallback", True)
+    if not isinstance(fallback, bool):
+        raise ConfigError(f"{where}: 'model.fallback' must be true or false, got {fallback!r}")
+    model = ModelConfig(path=model.path, backend=backend, threads=threads, engine=engine, fallback=fallback)
 
     qc_t = _table(data, "qc", where)
     _reject_unknown(qc_t, {"standard", "target_exposure_index", "overrides"}, "qc.", where)

@@ -21,7 +21,7 @@ from edge.config import Config
 from edge.dicom.decode import Radiograph, Rejection, decode, read_dataset
 from edge.engines.manifest import ModelManifest, load_manifest
 from edge.imaging.preprocess import Transform, preprocess
-from edge.inference.backend import Backend, open_backend
+from edge.inference.backend import Backend, open_with_fallback
 from edge.qc.judge import ItemResult, judge, overall
 from edge.qc.measure import Context, Measurement, Spine, anatomy_mask, measure_all
 from edge.qc.segmentation import Segmentation, field_box
@@ -132,7 +132,17 @@ class Pipeline:
         self.config = config
         self.standard: Standard = config.load_standard()
         self.manifest: ModelManifest = load_manifest(config.model.path)
-        self.backend = backend or open_backend(config.model.backend, self.manifest.model_path, config.model.threads)
+        self.degraded = ""
+        if backend is None:
+            opened = open_with_fallback(
+                config.model.backend,
+                config.model.engine or self.manifest.model_path,
+                self.manifest.model_path,
+                config.model.threads,
+                config.model.fallback,
+            )
+            backend, self.degraded = opened.backend, opened.degraded
+        self.backend = backend
         self.versions = {
             "edge_qc": edge.__version__,
             "model": self.manifest.label,
@@ -143,9 +153,21 @@ class Pipeline:
     def close(self) -> None:
         self.backend.close()
 
+    def _notes(self) -> list[str]:
+        return [f"degraded: {self.degraded}; judged with ONNX Runtime on the CPU"] if self.degraded else []
+
     def _rejected(self, exc: Rejection, timings: dict[str, float]) -> Result:
         verdict = Verdict(
-            "rejected", exc.message, exc.reason, None, {}, [], {"sop_instance_uid": ""}, self.versions, timings
+            "rejected",
+            exc.message,
+            exc.reason,
+            None,
+            {},
+            self._notes(),
+            {"sop_instance_uid": ""},
+            self.versions,
+            timings,
+            bool(self.degraded),
         )
         return Result(verdict)
 
@@ -183,7 +205,7 @@ class Pipeline:
             "pixel_spacing_mm": None if radiograph.pixel_spacing_mm is None else radiograph.pixel_spacing_mm[0],
             "spacing_source": radiograph.spacing_source,
         }
-        notes: list[str] = []
+        notes = self._notes()
         if radiograph.resampled_to_square:
             notes.append("non-square pixels were resampled to square before measuring")
         spacing = radiograph.pixel_spacing_mm[0] if radiograph.pixel_spacing_mm else None
@@ -199,7 +221,9 @@ class Pipeline:
         def indeterminate(reason: str, code: str, measurements: dict[str, Measurement] | None = None) -> Result:
             lap("measure")
             timings["total"] = (time.perf_counter() - start) * 1000
-            verdict = Verdict("indeterminate", reason, code, view_info, {}, notes, image, self.versions, timings)
+            verdict = Verdict(
+                "indeterminate", reason, code, view_info, {}, notes, image, self.versions, timings, bool(self.degraded)
+            )
             return Result(verdict, radiograph, seg, measurements)
 
         if radiograph.body_part not in LUMBAR_BODY_PARTS:
@@ -237,7 +261,9 @@ class Pipeline:
             reason_text, code = f"could not judge: {', '.join(missing)}", "items_unmeasurable"
         lap("judge")
         timings["total"] = (time.perf_counter() - start) * 1000
-        verdict = Verdict(outcome, reason_text, code, view_info, results, notes, image, self.versions, timings)
+        verdict = Verdict(
+            outcome, reason_text, code, view_info, results, notes, image, self.versions, timings, bool(self.degraded)
+        )
         return Result(verdict, radiograph, seg, measurements)
 
     def _view(self, radiograph: Radiograph, seg: Segmentation) -> ViewInfo:

@@ -49,6 +49,8 @@ def test_overrides_and_targets_apply(tmp_path: Path) -> None:
         ("[qc.overrides.ap.centring]\nmax_offset_fraction = 'wide'", "ap.centring.max_offset_fraction"),
         ("[qc.overrides.ap.centring]\nseverity = 'maybe'", "ap.centring.severity"),
         ("[qc\nbroken", "site.toml"),
+        ("[model]\nbackend = 'tensorrt'", "'model.engine' is required"),
+        ("[model]\nfallback = 'yes'", "model.fallback"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:

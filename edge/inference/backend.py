@@ -37,8 +37,32 @@ class BackendUnavailableError(RuntimeError):
 
 
 def open_backend(name: str, model_path: Path, threads: int = 2) -> Backend:
+    """`model_path`: the ONNX file for onnxruntime, the engine file (.plan with its .json) for tensorrt."""
     if name == "onnxruntime":
         from edge.inference.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_path, threads)
-    raise BackendUnavailableError(f"unknown inference backend {name!r} (available here: onnxruntime)")
+    if name == "tensorrt":
+        from edge.inference.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(model_path)
+    raise BackendUnavailableError(f"unknown inference backend {name!r} (known: onnxruntime, tensorrt)")
+
+
+@dataclass(frozen=True)
+class OpenedBackend:
+    backend: Backend
+    degraded: str  # why the configured backend is not the one running ("" when it is)
+
+
+def open_with_fallback(
+    name: str, artifact: Path, onnx_path: Path, threads: int = 2, fallback: bool = True
+) -> OpenedBackend:
+    """The configured backend, or (when allowed) ONNX Runtime on the CPU with the reason: a bad engine
+    must never take the appliance down, and everything it judges then says it is degraded."""
+    try:
+        return OpenedBackend(open_backend(name, artifact if name != "onnxruntime" else onnx_path, threads), "")
+    except BackendUnavailableError as exc:
+        if not fallback or name == "onnxruntime":
+            raise
+        return OpenedBackend(open_backend("onnxruntime", onnx_path, threads), f"{name} unavailable: {exc}")

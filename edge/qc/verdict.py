@@ -50,6 +50,7 @@ class Verdict:
     image: dict[str, object]
     versions: dict[str, str]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    degraded: bool = False  # judged by the fallback backend, not the configured one (a note says why)
 
     @property
     def failed(self) -> list[ItemResult]:
@@ -77,6 +78,7 @@ class Verdict:
             "image": self.image,
             "versions": self.versions,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "degraded": self.degraded,
         }
 
     def to_json(self, indent: int | None = None) -> str:

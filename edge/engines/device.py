@@ -1,0 +1,115 @@
+"""What this device is, as far as a TensorRT engine cares, and whether an engine was built for it.
+
+A serialized engine runs only on the TensorRT version and the GPU that built it; loading it anywhere
+else fails in the field with "Version tag does not match" or worse. Every engine's manifest records
+the device it was built on, and the backend compares before deserialising, refusing a mismatch with
+a message that names what differs. Reading is plain files and optional imports: on a machine that is
+not a Jetson the fields are simply unknown.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Final
+
+FIELDS: Final = ("tensorrt", "cuda", "compute_capability", "module", "l4t")
+_LABELS: Final = {
+    "tensorrt": "TensorRT",
+    "cuda": "CUDA",
+    "compute_capability": "GPU compute capability",
+    "module": "module",
+    "l4t": "L4T release",
+}
+
+
+@dataclass(frozen=True)
+class DeviceFingerprint:
+    tensorrt: str | None = None  # e.g. "10.3.0"
+    cuda: str | None = None  # e.g. "12.6"
+    compute_capability: str | None = None  # e.g. "8.7" (Orin)
+    module: str | None = None  # /proc/device-tree/model, e.g. "NVIDIA Jetson AGX Orin Developer Kit"
+    l4t: str | None = None  # /etc/nv_tegra_release, e.g. "36.4.3"
+
+    def as_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text("utf-8", errors="replace").strip().strip("\x00") or None
+    except OSError:
+        return None
+
+
+def parse_l4t(text: str | None) -> str | None:
+    """'# R36 (release), REVISION: 4.3, GCID: ...' -> '36.4.3'."""
+    if not text:
+        return None
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def _module_version(name: str) -> str | None:
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None
+    version = getattr(module, "__version__", None)
+    return str(version) if version else None
+
+
+def _cuda_version(root: Path) -> str | None:
+    text = _read(root / "usr/local/cuda/version.json")
+    if text:
+        try:
+            full = str(json.loads(text)["cuda"]["version"])
+            return ".".join(full.split(".")[:2])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def _compute_capability() -> str | None:
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        return None
+    try:
+        cuda.init()
+        major, minor = cuda.Device(0).compute_capability()
+    except Exception:  # no GPU, no driver: unknown, not an error here
+        return None
+    return f"{major}.{minor}"
+
+
+def read_fingerprint(root: Path = Path("/")) -> DeviceFingerprint:
+    """This device's fingerprint; `root` lets tests point at a prepared file tree."""
+    return DeviceFingerprint(
+        tensorrt=_module_version("tensorrt"),
+        cuda=_cuda_version(root),
+        compute_capability=_compute_capability(),
+        module=_read(root / "proc/device-tree/model"),
+        l4t=parse_l4t(_read(root / "etc/nv_tegra_release")),
+    )
+
+
+def incompatibilities(built_on: Mapping[str, object], here: DeviceFingerprint) -> list[str]:
+    """Every way an engine built on `built_on` cannot run here, one message per field ([] = compatible).
+    A field this device cannot tell (None) is a mismatch too: an engine is never loaded on a guess."""
+    problems = []
+    mine = here.as_dict()
+    for name in FIELDS:
+        want = built_on.get(name)
+        have = mine[name]
+        if want is None:
+            problems.append(f"{_LABELS[name]}: the engine's manifest does not record it")
+        elif have is None:
+            problems.append(f"{_LABELS[name]}: engine built with {want}, this device's is unknown")
+        elif str(want) != have:
+            problems.append(f"{_LABELS[name]}: engine built with {want}, this device has {have}")
+    return problems

@@ -1,0 +1,51 @@
+"""Engine-to-device compatibility: each mismatching field refused with its own message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.engines.device import DeviceFingerprint, incompatibilities, parse_l4t, read_fingerprint
+
+ORIN = DeviceFingerprint("10.3.0", "12.6", "8.7", "NVIDIA Jetson AGX Orin Developer Kit", "36.4.3")
+
+
+def test_same_device_is_compatible() -> None:
+    assert incompatibilities(ORIN.as_dict(), ORIN) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("tensorrt", "10.16.1", "TensorRT: engine built with 10.3.0, this device has 10.16.1"),
+        ("cuda", "13.2", "CUDA: engine built with 12.6, this device has 13.2"),
+        ("compute_capability", "11.0", "GPU compute capability: engine built with 8.7, this device has 11.0"),
+        ("module", "NVIDIA Jetson Orin Nano", "module: engine built with NVIDIA Jetson AGX Orin"),
+        ("l4t", "36.4.4", "L4T release: engine built with 36.4.3, this device has 36.4.4"),
+    ],
+)
+def test_each_mismatch_is_named(field: str, value: str, message: str) -> None:
+    here = DeviceFingerprint(**{**ORIN.as_dict(), field: value})
+    problems = incompatibilities(ORIN.as_dict(), here)
+    assert len(problems) == 1 and problems[0].startswith(message)
+
+
+def test_unknown_fields_are_refused_not_guessed() -> None:
+    problems = incompatibilities(ORIN.as_dict(), DeviceFingerprint())
+    assert len(problems) == 5 and all("this device's is unknown" in p for p in problems)
+    assert "does not record it" in incompatibilities({}, ORIN)[0]
+
+
+def test_fingerprint_from_a_jetson_file_tree(tmp_path: Path) -> None:
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic\n")
+    (tmp_path / "usr/local/cuda").mkdir(parents=True)
+    (tmp_path / "usr/local/cuda/version.json").write_text('{"cuda": {"name": "CUDA SDK", "version": "12.6.68"}}')
+    found = read_fingerprint(tmp_path)
+    assert found.module == "NVIDIA Jetson AGX Orin Developer Kit"
+    assert found.l4t == "36.4.3" and found.cuda == "12.6"
+    assert parse_l4t("garbage") is None
+    assert read_fingerprint(tmp_path / "absent").module is None  # not a Jetson: unknown, no error
