@@ -3,6 +3,7 @@
     edge-qc check FILE.dcm [FILE.dcm ...] [--json] [--overlay OUT.png] [--config site.toml]
     edge-qc engine list|activate VERSION|rollback [--root ENGINES_DIR]
     edge-qc engine validate MODEL_DIR [--precision fp32|fp16] [--write]
+    edge-qc engine build MODEL_DIR [--out DIR] [--precision fp16|fp32] [--workspace-mib N]
 
 Exit status: 0 every image passed, 1 at least one failed, was indeterminate or was rejected,
 2 the command itself could not run (bad configuration, missing model, unreadable file).
@@ -130,9 +131,39 @@ def validate_engine(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def build_engine(args: argparse.Namespace) -> int:
+    """Build on this device, in this process, at low priority: a running daemon keeps its CPU share."""
+    import os
+
+    from edge.engines.build import BuildError, build_engine
+    from edge.engines.device import read_fingerprint
+    from edge.engines.manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(args.model_dir)
+    except ManifestError as exc:
+        print(f"edge-qc: {exc}", file=sys.stderr)
+        return 2
+    os.nice(10)
+    out = args.out or args.model_dir / "engines"
+    try:
+        plan = build_engine(manifest, out, read_fingerprint(), args.precision, args.workspace_mib)
+    except BuildError as exc:
+        print(f"edge-qc: {exc}", file=sys.stderr)
+        return 2
+    print(f"built {plan} (manifest {plan.with_suffix('.json').name}); validate it before activating")
+    return 0
+
+
 def engine(args: argparse.Namespace) -> int:
     from edge.engines.store import EngineStore, StoreError
 
+    if args.action == "build":
+        if args.version is None:
+            print("edge-qc: engine build needs MODEL_DIR", file=sys.stderr)
+            return 2
+        args.model_dir = Path(args.version)
+        return build_engine(args)
     if args.action == "validate":
         if args.version is None:
             print("edge-qc: engine validate needs MODEL_DIR", file=sys.stderr)
@@ -169,13 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--overlay", type=Path, metavar="OUT.png", help="draw structures and failed items")
     p_check.add_argument("--config", type=Path, help="site configuration (TOML); default: built-in defaults")
     p_check.add_argument("--timings", action="store_true", help="print the time of every pipeline stage")
-    p_engine = sub.add_parser("engine", help="engines: list versions, activate one, roll back, validate one")
-    p_engine.add_argument("action", choices=["list", "activate", "rollback", "validate"])
+    p_engine = sub.add_parser("engine", help="engines: build, validate, list, activate, roll back")
+    p_engine.add_argument("action", choices=["list", "activate", "rollback", "validate", "build"])
     p_engine.add_argument(
-        "version", nargs="?", help="activate: a version folder under --root; validate: a model folder"
+        "version", nargs="?", help="activate: a version folder under --root; validate, build: a model folder"
     )
-    p_engine.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="validate: engine precision")
+    p_engine.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="validate, build: precision")
     p_engine.add_argument("--write", action="store_true", help="validate: record the result in the manifest")
+    p_engine.add_argument("--out", type=Path, help="build: where the engine goes (default MODEL_DIR/engines)")
+    p_engine.add_argument("--workspace-mib", type=int, default=1024, help="build: TensorRT workspace limit")
     p_engine.add_argument(
         "--root", type=Path, default=Path("engines/lumbar-resunet"), help="engines directory (default: %(default)s)"
     )

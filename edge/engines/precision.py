@@ -34,6 +34,24 @@ def to_mixed_precision(model: Any) -> Any:
 
     with warnings.catch_warnings():  # tiny weights rounding to FP16's smallest normal: expected, not news
         warnings.simplefilter("ignore", UserWarning)
-        return float16.convert_float_to_float16(
+        converted = float16.convert_float_to_float16(
             model, keep_io_types=True, node_block_list=output_layers(model), disable_shape_infer=False
         )
+    return _float32_outputs(converted)
+
+
+def _float32_outputs(model: Any) -> Any:
+    """Make the graph outputs FP32 again. With the output layers blocked (kept FP32), the converter
+    ends each output with a Cast to FP16 despite keep_io_types; that Cast becomes FP32 -> FP32."""
+    from onnx import TensorProto
+
+    outputs = {o.name: o for o in model.graph.output}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.output and node.output[0] in outputs:
+            for attribute in node.attribute:
+                if attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
+                    attribute.i = TensorProto.FLOAT
+    for output in model.graph.output:
+        if output.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            output.type.tensor_type.elem_type = TensorProto.FLOAT
+    return model
