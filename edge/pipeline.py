@@ -143,10 +143,13 @@ class Pipeline:
             )
             backend, self.degraded = opened.backend, opened.degraded
         self.backend = backend
+        self.backend.warm_up()
+        described = self.backend.describe()
         self.versions = {
             "edge_qc": edge.__version__,
             "model": self.manifest.label,
-            "engine": f"{self.backend.name} {self.manifest.file} sha256:{self.manifest.sha256[:16]}",
+            "engine": f"{described['name']} {described['precision']} on {described['device']}"
+            f" ({self.manifest.file} sha256:{self.manifest.sha256[:16]})",
             "standard": f"{self.standard.name} {self.standard.version}",
         }
 
@@ -292,3 +295,49 @@ class Pipeline:
         return Segmentation(
             seg.probabilities, seg.view_probabilities, seg.transform, LUMBAR_SEGMENT_MM / pitch_px
         ), True
+
+
+class ReloadingPipeline:
+    """A pipeline that follows the engines directory's `current` pointer between images.
+
+    Before each image it resolves the configured model path; when an activation (or rollback) has
+    moved it, the new version is loaded and warmed up beside the running one and swapped in only
+    once it works. If it fails, the running version keeps serving, and every verdict says which
+    activation failed and why, until the pointer moves again (as Triton's model control does)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._pipeline = Pipeline(config)
+        self._serving = self._resolved()
+        self._tried = self._serving
+        self.problem = ""
+
+    def _resolved(self) -> Path:
+        return self.config.model.path.resolve()
+
+    @property
+    def serving(self) -> str:
+        return self._pipeline.manifest.label
+
+    def check_activation(self) -> None:
+        target = self._resolved()
+        if target == self._tried:
+            return
+        self._tried = target
+        try:
+            candidate = Pipeline(self.config)
+        except Exception as exc:  # whatever a broken version throws, the running one keeps serving
+            self.problem = f"activation of {target.name} failed ({exc}); still serving {self.serving}"
+            return
+        old, self._pipeline, self._serving, self.problem = self._pipeline, candidate, target, ""
+        old.close()
+
+    def process(self, source: bytes | Path | str | Dataset) -> Result:
+        self.check_activation()
+        result = self._pipeline.process(source)
+        if self.problem:
+            result.verdict.notes.append(self.problem)
+        return result
+
+    def close(self) -> None:
+        self._pipeline.close()

@@ -29,6 +29,14 @@ class Backend(Protocol):
         """One network input (1 x 1 x size x size, float32) -> outputs."""
         ...
 
+    def warm_up(self, runs: int = 3) -> None:
+        """Run blank inputs so that the first radiograph does not pay for allocation and tuning."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """name, precision, device and runtime versions, for verdicts, metrics and logs."""
+        ...
+
     def close(self) -> None: ...
 
 

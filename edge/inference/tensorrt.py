@@ -55,8 +55,10 @@ class TensorRTBackend:
         if problems:
             raise BackendUnavailableError(f"{engine_path}: built for another device: " + "; ".join(problems))
         self.precision = str(manifest.get("precision", "fp16"))
+        self._trt_version = str(trt.__version__)
         self._cuda = cuda
         cuda.init()
+        self._device_name = str(cuda.Device(0).name())
         self._context = cuda.Device(0).retain_primary_context()
         self._context.push()
         try:
@@ -107,6 +109,19 @@ class TensorRTBackend:
         finally:
             self._context.pop()
         return ModelOutputs(masks=masks, view=view)
+
+    def warm_up(self, runs: int = 3) -> None:
+        blank = np.zeros(self._host["image"].shape, np.float32)
+        for _ in range(runs):
+            self.infer(blank)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "precision": self.precision,
+            "device": self._device_name,
+            "versions": {"tensorrt": self._trt_version},
+        }
 
     def close(self) -> None:
         self._context.push()

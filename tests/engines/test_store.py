@@ -110,3 +110,33 @@ def test_cli(store: EngineStore) -> None:
     assert run("rollback").returncode == 2  # nothing before 0.2.0
     bad = run("activate", "0.3.0")
     assert bad.returncode == 2 and "no engine version '0.3.0'" in bad.stderr
+
+
+def test_reloading_pipeline_follows_activation_and_survives_a_broken_version(
+    store: EngineStore, tmp_path: Path
+) -> None:
+    from edge.engines.store import sha256_of
+    from edge.pipeline import ReloadingPipeline
+
+    store.activate("0.1.0")
+    image = write_case(fault_case("ap", "cut_top", 61), tmp_path)
+    serving = ReloadingPipeline(Config(model=ModelConfig(path=store.root / "current", threads=1)))
+    assert serving.process(image).verdict.versions["model"] == "lumbar-resunet 0.1.0"
+    store.activate("0.2.0")
+    assert serving.process(image).verdict.versions["model"] == "lumbar-resunet 0.2.0"
+    # a version whose checksum is right but whose model does not load: the old one keeps serving
+    broken = store.root / "0.3.0"
+    shutil.copytree(store.root / "0.2.0", broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest.update(version="0.3.0", sha256=sha256_of(broken / "model.onnx"))
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    store.activate("0.3.0")
+    verdict = serving.process(image).verdict
+    assert verdict.verdict == "fail" and verdict.versions["model"] == "lumbar-resunet 0.2.0"
+    notes = " ".join(verdict.notes)
+    assert "activation of 0.3.0 failed" in notes and "still serving lumbar-resunet 0.2.0" in notes
+    store.rollback()  # back to 0.2.0: the problem clears
+    verdict = serving.process(image).verdict
+    assert verdict.versions["model"] == "lumbar-resunet 0.2.0" and not any("failed" in n for n in verdict.notes)
+    serving.close()

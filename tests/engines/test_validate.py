@@ -38,6 +38,12 @@ class Corrupted:
             masks[STRUCTURES.index("pedicle_left")] = 0.0
         return ModelOutputs(masks, out.view)
 
+    def warm_up(self, runs: int = 3) -> None:
+        self.inner.warm_up(runs)
+
+    def describe(self) -> dict[str, object]:
+        return {**self.inner.describe(), "name": self.name}
+
     def close(self) -> None:
         self.inner.close()
 
