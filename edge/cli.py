@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from edge.config import ConfigError, load_config
-from edge.engines.manifest import ManifestError
+from edge.engines.manifest import ManifestError, ModelManifest
 from edge.inference.backend import BackendUnavailableError
 
 
@@ -80,21 +80,15 @@ def check(args: argparse.Namespace) -> int:
     return worst
 
 
-def validate_engine(args: argparse.Namespace) -> int:
+def validate_engine(args: argparse.Namespace, manifest: ModelManifest) -> int:
     """The model's validation set through ONNX Runtime at the chosen precision against FP32."""
     import json
     import tempfile
 
-    from edge.engines.manifest import ManifestError, load_manifest
     from edge.engines.validate import validate
     from edge.inference.onnxruntime import OnnxRuntimeBackend
     from edge.qc.standard import load_standard
 
-    try:
-        manifest = load_manifest(args.model_dir)
-    except ManifestError as exc:
-        print(f"edge-qc: {exc}", file=sys.stderr)
-        return 2
     reference = OnnxRuntimeBackend(manifest.model_path)
     with tempfile.TemporaryDirectory() as tmp:
         engine_path = manifest.model_path
@@ -131,21 +125,15 @@ def validate_engine(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def build_engine(args: argparse.Namespace) -> int:
+def build_engine(args: argparse.Namespace, manifest: ModelManifest) -> int:
     """Build on this device, in this process, at low priority: a running daemon keeps its CPU share."""
     import os
 
     from edge.engines.build import BuildError, build_engine
     from edge.engines.device import read_fingerprint
-    from edge.engines.manifest import ManifestError, load_manifest
 
-    try:
-        manifest = load_manifest(args.model_dir)
-    except ManifestError as exc:
-        print(f"edge-qc: {exc}", file=sys.stderr)
-        return 2
     os.nice(10)
-    out = args.out or args.model_dir / "engines"
+    out = args.out or manifest.folder / "engines"
     try:
         plan = build_engine(manifest, out, read_fingerprint(), args.precision, args.workspace_mib)
     except BuildError as exc:
@@ -158,18 +146,18 @@ def build_engine(args: argparse.Namespace) -> int:
 def engine(args: argparse.Namespace) -> int:
     from edge.engines.store import EngineStore, StoreError
 
-    if args.action == "build":
+    if args.action in ("build", "validate"):
+        from edge.engines.manifest import ManifestError, load_manifest
+
         if args.version is None:
-            print("edge-qc: engine build needs MODEL_DIR", file=sys.stderr)
+            print(f"edge-qc: engine {args.action} needs MODEL_DIR", file=sys.stderr)
             return 2
-        args.model_dir = Path(args.version)
-        return build_engine(args)
-    if args.action == "validate":
-        if args.version is None:
-            print("edge-qc: engine validate needs MODEL_DIR", file=sys.stderr)
+        try:
+            manifest = load_manifest(Path(args.version))
+        except ManifestError as exc:
+            print(f"edge-qc: {exc}", file=sys.stderr)
             return 2
-        args.model_dir = Path(args.version)
-        return validate_engine(args)
+        return build_engine(args, manifest) if args.action == "build" else validate_engine(args, manifest)
 
     store = EngineStore(args.root)
     try:

@@ -14,7 +14,6 @@ The CLI runs it in its own process at low priority, never inside the daemon.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -23,6 +22,7 @@ from typing import Any, Final
 
 from edge.engines.device import DeviceFingerprint
 from edge.engines.manifest import ModelManifest
+from edge.engines.store import sha256_of
 
 PRECISIONS: Final = ("fp16", "fp32")
 DEFAULT_WORKSPACE_MIB: Final = 1024
@@ -116,7 +116,7 @@ def build_engine(
     plan.write_bytes(bytes(serialized))
     record = {
         "engine": plan.name,
-        "sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
+        "sha256": sha256_of(plan),
         "model": manifest.name,
         "model_version": manifest.version,
         "source_onnx_sha256": manifest.sha256,

@@ -9,7 +9,6 @@ preprocessing, channel names, training recipe and data seeds, size, FLOPs, and t
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import onnxruntime as ort
 import torch
 
 import edge
+from edge.engines.store import sha256_of
 from edge.imaging.preprocess import NORMALISE_PERCENTILES
 from edge.qc.structures import STRUCTURE_VIEWS, STRUCTURES, VIEW_CLASSES
 from tools.train.data import RENDER_PX, make_sample
@@ -31,14 +31,6 @@ OPSET = 17
 MODEL_NAME = "lumbar-resunet"
 VALIDATION_SEED = 777_000  # the validation images that ship with the model (not a training seed)
 VALIDATION_COUNT = 6
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_run(run: Path) -> tuple[ResUNet, Recipe, dict[str, Any]]:
@@ -123,7 +115,7 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
         "created_unix": int(time.time()),
         "note": "Trained and evaluated on the synthetic lumbar phantom only; not validated on clinical images.",
         "file": onnx_path.name,
-        "sha256": sha256(onnx_path),
+        "sha256": sha256_of(onnx_path),
         "bytes": onnx_path.stat().st_size,
         "opset": OPSET,
         "input": {"name": "image", "shape": [1, 1, recipe.size, recipe.size], "dtype": "float32"},
