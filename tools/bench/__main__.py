@@ -21,32 +21,52 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def bench_infer(model_dir: Path, backend: str, runs: int, threads: int) -> int:
-    if backend != "onnxruntime":
-        print(f"error: backend {backend!r} is not available on this machine (onnxruntime only)", file=sys.stderr)
-        return 2
-    from tools.export.export import ort_session
+# Dense FP16 peaks of the Jetson modules (../shared/reference/tensorrt-jetson.md, approximate), by
+# a substring of /proc/device-tree/model; elsewhere the peak is unknown and no fraction is printed.
+PEAK_FP16_FLOPS = {"AGX Orin": 42e12, "Orin NX": 15e12, "Orin Nano": 10e12}
+
+
+def bench_infer(model_dir: Path, backend: str, runs: int, threads: int, engine: Path | None) -> int:
+    """Latency of the model alone through the appliance's own backend interface."""
+    from edge.engines.device import read_fingerprint
+    from edge.engines.manifest import ManifestError, load_manifest
+    from edge.inference.backend import BackendUnavailableError, open_backend
     from tools.train.data import make_sample
 
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    session = ort_session(model_dir / manifest["file"], threads)
-    image, *_ = make_sample(910_000, 0, manifest["input"]["shape"][-1])
+    try:
+        manifest = load_manifest(model_dir)
+        artifact = manifest.model_path if backend == "onnxruntime" else engine
+        if artifact is None:
+            print("error: --backend tensorrt needs --engine ENGINE.plan (edge-qc engine build)", file=sys.stderr)
+            return 2
+        runner = open_backend(backend, artifact, threads)
+    except (ManifestError, BackendUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    image, *_ = make_sample(910_000, 0, manifest.input_size)
     x = (image.astype(np.float32) / 255.0)[None, None]
-    for _ in range(5):
-        session.run(None, {"image": x})
+    runner.warm_up(5)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        session.run(None, {"image": x})
+        runner.infer(x)
         times.append(time.perf_counter() - start)
     p50 = statistics.median(times)
-    flops = float(manifest["flops_per_image"])
-    print(f"{manifest['name']} {manifest['version']} on ONNX Runtime CPU ({threads} threads), {runs} runs:")
+    flops = float(json.loads((model_dir / "manifest.json").read_text())["flops_per_image"])
+    described = runner.describe()
+    print(f"{manifest.label} on {described['name']} {described['precision']} ({described['device']}), {runs} runs:")
     print(
         f"  latency p50 {p50 * 1000:.1f} ms, p95 {percentile(times, 95) * 1000:.1f} ms, "
         f"throughput {1 / p50:.1f} images/s"
     )
-    print(f"  {flops / 1e9:.2f} GFLOPs per image -> {flops / p50 / 1e9:.1f} GFLOP/s achieved")
+    achieved = flops / p50
+    line = f"  {flops / 1e9:.2f} GFLOPs per image -> {achieved / 1e9:.1f} GFLOP/s achieved"
+    module = read_fingerprint().module or ""
+    peak = next((v for k, v in PEAK_FP16_FLOPS.items() if k in module), None)
+    if peak is not None and backend == "tensorrt":
+        line += f", {100 * achieved / peak:.1f} % of the module's FP16 peak"
+    print(line)
+    runner.close()
     return 0
 
 
@@ -114,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     infer.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     infer.add_argument("--runs", type=int, default=50)
     infer.add_argument("--threads", type=int, default=2)
+    infer.add_argument("--engine", type=Path, help="the TensorRT engine (.plan) for --backend tensorrt")
     check = sub.add_parser("check", help="edge-qc check stage timings on full-size DICOM files")
     check.add_argument("--runs", type=int, default=5)
     check.add_argument("--size", type=int, default=2500)
@@ -121,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return bench_check(args.runs, args.size, args.images)
-    code = bench_infer(args.model, args.backend, args.runs, args.threads)
+    code = bench_infer(args.model, args.backend, args.runs, args.threads, args.engine)
     if code == 0:
         bench_preprocess(max(3, args.runs // 10))
     return code
