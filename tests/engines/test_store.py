@@ -13,7 +13,7 @@ import pytest
 
 from edge.config import Config, ModelConfig
 from edge.engines.store import EngineStore, StoreError
-from edge.pipeline import Pipeline
+from edge.pipeline import ReloadingPipeline
 from tests.qc.conftest import fault_case, write_case
 
 SHIPPED = Path(__file__).resolve().parents[2] / "engines" / "lumbar-resunet"
@@ -62,22 +62,23 @@ def test_damaged_or_unknown_versions_are_refused_and_nothing_changes(store: Engi
     assert broken.manifest is None and "missing or malformed field" in broken.problem
 
 
-def test_a_pipeline_reading_current_keeps_working_while_versions_switch(store: EngineStore, tmp_path: Path) -> None:
-    """Switching `current` under a stream of images loses none: every image gets a verdict from one
-    whole version or the other (the daemon reloads on a signal; here new pipelines are opened)."""
+def test_a_serving_pipeline_loses_no_image_while_versions_switch(store: EngineStore, tmp_path: Path) -> None:
+    """Activate and roll back continuously while a ReloadingPipeline (what the daemon runs) judges a
+    stream of images: every image gets its verdict, each from one whole version."""
+
     store.activate("0.1.0")
     image = write_case(fault_case("ap", "cut_top", 61), tmp_path)
+    serving = ReloadingPipeline(Config(model=ModelConfig(path=store.root / "current", threads=1)))
+    verdicts: list[str] = []
     versions: list[str] = []
     errors: list[BaseException] = []
 
     def serve() -> None:
         try:
-            for _ in range(6):
-                pipeline = Pipeline(Config(model=ModelConfig(path=store.root / "current", threads=1)))
-                verdict = pipeline.process(image).verdict
-                assert verdict.verdict == "fail"
+            for _ in range(8):
+                verdict = serving.process(image).verdict
+                verdicts.append(verdict.verdict)
                 versions.append(verdict.versions["model"])
-                pipeline.close()
         except BaseException as exc:  # reported to the main thread
             errors.append(exc)
 
@@ -91,7 +92,8 @@ def test_a_pipeline_reading_current_keeps_working_while_versions_switch(store: E
             store.rollback()
         switches += 1
     worker.join()
-    assert not errors and len(versions) == 6 and switches > 6
+    serving.close()
+    assert not errors and verdicts == ["fail"] * 8 and switches > 8
     assert set(versions) <= {"lumbar-resunet 0.1.0", "lumbar-resunet 0.2.0"}
 
 
@@ -116,7 +118,6 @@ def test_reloading_pipeline_follows_activation_and_survives_a_broken_version(
     store: EngineStore, tmp_path: Path
 ) -> None:
     from edge.engines.store import sha256_of
-    from edge.pipeline import ReloadingPipeline
 
     store.activate("0.1.0")
     image = write_case(fault_case("ap", "cut_top", 61), tmp_path)
