@@ -1,0 +1,124 @@
+"""MQTT publishing from the outbox (paho-mqtt, v2 callback API).
+
+Only the sender thread publishes, one message at a time, and only while connected: paho's in-memory
+queue is never the place a verdict waits (it is lost on a restart). A message leaves the outbox when
+the broker has acknowledged it. A retained status topic says "online" with the versions when
+connected, and the broker publishes the last will "offline" when the appliance vanishes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.publish.outbox import Outbox
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "edge-qc"
+    status_topic: str = "edgeqc/site/room/device/status"
+    keepalive_s: int = 30
+    username: str | None = None
+    password: str | None = None
+    ca_certs: str | None = None  # TLS when set
+    certfile: str | None = None
+    keyfile: str | None = None
+    ack_timeout_s: float = 10.0
+    reconnect_max_s: int = 30
+    birth: dict[str, Any] = field(default_factory=dict)  # versions etc. sent with "online"
+
+
+class Publisher:
+    def __init__(self, outbox: Outbox, settings: BrokerSettings) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self.connected = threading.Event()
+        self.published = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=settings.client_id)
+        client.will_set(settings.status_topic, self._status("offline"), qos=1, retain=True)
+        if settings.username is not None:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.ca_certs is not None:
+            client.tls_set(ca_certs=settings.ca_certs, certfile=settings.certfile, keyfile=settings.keyfile)
+        client.reconnect_delay_set(min_delay=1, max_delay=settings.reconnect_max_s)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps({"state": state, **(self.settings.birth if state == "online" else {})}).encode()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            return
+        client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
+        self.connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connected.clear()
+
+    def start(self) -> None:
+        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
+        self._client.loop_start()
+        self._sender.start()
+
+    def notify(self) -> None:
+        """A new message is in the outbox: send it now rather than at the next poll."""
+        self._wake.set()
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.connected.is_set():
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            batch = self.outbox.pending(1)
+            if not batch:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            message = batch[0]
+            try:
+                info = self._client.publish(message.topic, message.payload, qos=1)
+                info.wait_for_publish(timeout=self.settings.ack_timeout_s)
+                acknowledged = info.is_published()
+            except (ValueError, RuntimeError):
+                acknowledged = False
+            if acknowledged:
+                self.outbox.remove(message.row)
+                self.published += 1
+            else:  # stays in the outbox, in front: tried again once the broker is back
+                self.failures += 1
+                time.sleep(0.2)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty (graceful stop); False if the broker did not take it all."""
+        deadline = time.monotonic() + timeout_s
+        while self.outbox.depth() and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.05)
+        return self.outbox.depth() == 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._sender.join(timeout=self.settings.ack_timeout_s + 1)
+        if self.connected.is_set():
+            self._client.publish(self.settings.status_topic, self._status("offline"), qos=1, retain=True)
+            time.sleep(0.1)
+        self._client.disconnect()
+        self._client.loop_stop()
