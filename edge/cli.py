@@ -1,6 +1,7 @@
 """edge-qc: the appliance's command line.
 
     edge-qc check FILE.dcm [FILE.dcm ...] [--json] [--overlay OUT.png] [--config site.toml]
+    edge-qc serve --config site.toml
     edge-qc engine list|activate VERSION|rollback [--root ENGINES_DIR]
     edge-qc engine validate MODEL_DIR [--precision fp32|fp16] [--write]
     edge-qc engine build MODEL_DIR [--out DIR] [--precision fp16|fp32] [--workspace-mib N]
@@ -147,7 +148,7 @@ def engine(args: argparse.Namespace) -> int:
     from edge.engines.store import EngineStore, StoreError
 
     if args.action in ("build", "validate"):
-        from edge.engines.manifest import ManifestError, load_manifest
+        from edge.engines.manifest import load_manifest
 
         if args.version is None:
             print(f"edge-qc: engine {args.action} needs MODEL_DIR", file=sys.stderr)
@@ -179,6 +180,31 @@ def engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM or SIGINT, then drain: nothing received is dropped."""
+    import logging
+    import signal
+    import threading
+
+    from edge.service import Service
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        service = Service(load_config(args.config))
+    except (ConfigError, ManifestError, BackendUnavailableError, OSError) as exc:
+        print(f"edge-qc: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    print(f"edge-qc serving: DICOM {service.config.dicom.ae_title} on port {service.scp.port}, MQTT {service.topic}")
+    sys.stdout.flush()
+    stop.wait()
+    service.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-qc", description="Lumbar-spine radiograph quality control.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--overlay", type=Path, metavar="OUT.png", help="draw structures and failed items")
     p_check.add_argument("--config", type=Path, help="site configuration (TOML); default: built-in defaults")
     p_check.add_argument("--timings", action="store_true", help="print the time of every pipeline stage")
+    p_serve = sub.add_parser("serve", help="the daemon: DICOM C-STORE in, verdicts out over MQTT")
+    p_serve.add_argument("--config", type=Path, required=True, help="site configuration (TOML)")
     p_engine = sub.add_parser("engine", help="engines: build, validate, list, activate, roll back")
     p_engine.add_argument("action", choices=["list", "activate", "rollback", "validate", "build"])
     p_engine.add_argument(
@@ -203,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args)
+    if args.command == "serve":
+        return serve(args)
     if args.command == "engine":
         if args.action == "activate" and not args.version:
             parser.error("engine activate needs a VERSION")

@@ -19,6 +19,7 @@ a QC failure nobody sees. Every error names the file and the dotted key.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,9 +59,48 @@ class QcConfig:
 
 
 @dataclass(frozen=True)
+class DicomConfig:
+    ae_title: str = "EDGEQC"
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aets: tuple[str, ...] = ()  # empty: nobody may store (unknown senders refused)
+    allowed_addresses: tuple[str, ...] = ()  # empty: any address (the calling AE title still has to match)
+    max_associations: int = 4
+    max_pdu_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    site: str = "site"
+    room: str = "room"
+    device: str = "device"
+    topic: str = "edgeqc/{site}/{room}/{device}/verdict"
+    status_topic: str = "edgeqc/{site}/{room}/{device}/status"
+    client_id: str = ""  # empty: edge-qc-<device>
+    username: str = ""
+    password: str = ""
+    ca_certs: str = ""  # TLS when set
+    certfile: str = ""
+    keyfile: str = ""
+    send_uids: bool = False  # False: SOP Instance UIDs are hashed in payloads
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    spool_dir: Path = Path("/var/lib/edge-qc/spool")
+    outbox_path: Path = Path("/var/lib/edge-qc/outbox.sqlite")
+    queue_size: int = 8  # images waiting for inference before receivers are held back
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     qc: QcConfig = field(default_factory=QcConfig)
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: str = "<defaults>"
 
     def load_standard(self) -> Standard:
@@ -106,8 +146,37 @@ def _number(value: object, key: str, where: str, positive: bool = True) -> float
     return float(value)
 
 
+def _typed_section(data: Mapping[str, Any], name: str, cls: type[Any], where: str, base: Path) -> Any:
+    """A flat table checked against a dataclass: unknown keys and wrong types name the key."""
+    table = _table(data, name, where)
+    defaults = cls()
+    fields = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(cls)}
+    _reject_unknown(table, set(fields), f"{name}.", where)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        default, dotted = fields[key], f"{name}.{key}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: '{dotted}' must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{where}: '{dotted}' must be a positive integer, got {value!r}")
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(f"{where}: '{dotted}' must be a list of non-empty strings, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, Path):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}: '{dotted}' must be a non-empty path string, got {value!r}")
+            value = base / value
+        elif not isinstance(value, str):
+            raise ConfigError(f"{where}: '{dotted}' must be a string, got {value!r}")
+        values[key] = value
+    return dataclasses.replace(defaults, **values)
+
+
 def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Path | None = None) -> Config:
-    _reject_unknown(data, {"model", "qc"}, "", where)
+    _reject_unknown(data, {"model", "qc", "dicom", "mqtt", "service"}, "", where)
     model_t = _table(data, "model", where)
     _reject_unknown(model_t, {"path", "backend", "threads", "engine", "fallback"}, "model.", where)
     base = base_dir or Path.cwd()
@@ -156,7 +225,28 @@ def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Pat
             if not isinstance(params, dict):
                 raise ConfigError(f"{where}: 'qc.overrides.{view}.{item}' must be a table")
             overrides.setdefault(view, {})[item] = dict(params)
-    config = Config(model=model, qc=QcConfig(standard, targets, overrides), source=where)
+    dicom = _typed_section(data, "dicom", DicomConfig, where, base)
+    if not 1 <= len(dicom.ae_title) <= 16:
+        raise ConfigError(f"{where}: 'dicom.ae_title' must be 1 to 16 characters, got {dicom.ae_title!r}")
+    if dicom.port > 65535:
+        raise ConfigError(f"{where}: 'dicom.port' must be a TCP port (1..65535), got {dicom.port}")
+    mqtt = _typed_section(data, "mqtt", MqttConfig, where, base)
+    if mqtt.port > 65535:
+        raise ConfigError(f"{where}: 'mqtt.port' must be a TCP port (1..65535), got {mqtt.port}")
+    for key in ("topic", "status_topic"):
+        try:
+            getattr(mqtt, key).format(site=mqtt.site, room=mqtt.room, device=mqtt.device)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"{where}: 'mqtt.{key}' may use {{site}}, {{room}} and {{device}} only ({exc})") from exc
+    service = _typed_section(data, "service", ServiceConfig, where, base)
+    config = Config(
+        model=model,
+        qc=QcConfig(standard, targets, overrides),
+        dicom=dicom,
+        mqtt=mqtt,
+        service=service,
+        source=where,
+    )
     config.load_standard()  # validate the overrides now, not on the first image
     return config
 

@@ -319,6 +319,10 @@ class ReloadingPipeline:
     def serving(self) -> str:
         return self._pipeline.manifest.label
 
+    @property
+    def versions(self) -> dict[str, str]:
+        return self._pipeline.versions
+
     def check_activation(self) -> None:
         target = self._resolved()
         if target == self._tried:

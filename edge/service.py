@@ -1,0 +1,151 @@
+"""The daemon's wiring: SCP -> spool -> bounded queue -> one inference worker -> outbox -> MQTT.
+
+Association threads only spool and answer. One worker owns the pipeline (and so the backend, whose
+GPU context belongs to one thread). A spool entry is deleted only after its verdict is committed to
+the outbox, and an outbox row only after the broker acknowledged it; at start-up the spool's
+unfinished entries are judged first, so a crash at any point loses nothing (a replayed entry keeps
+its message id, and the outbox ignores an id it already holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from edge.config import Config
+from edge.dicom.scp import ScpSettings, StorageScp
+from edge.dicom.spool import Spool
+from edge.pipeline import ReloadingPipeline
+from edge.publish.mqtt import BrokerSettings, Publisher
+from edge.publish.outbox import Outbox
+
+log = logging.getLogger("edge.service")
+PAYLOAD_SCHEMA: Final = "edge-qc/verdict-message/1"
+
+
+def hashed_uid(uid: str) -> str:
+    return "sha256:" + hashlib.sha256(uid.encode()).hexdigest()[:32] if uid else ""
+
+
+class Service:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        mqtt = config.mqtt
+        names = {"site": mqtt.site, "room": mqtt.room, "device": mqtt.device}
+        self.topic = mqtt.topic.format(**names)
+        self.spool = Spool(config.service.spool_dir)
+        self.failed_dir = config.service.spool_dir / "failed"
+        self.outbox = Outbox(config.service.outbox_path)
+        self.pipeline = ReloadingPipeline(config)
+        self.queue: queue.Queue[Path] = queue.Queue(maxsize=config.service.queue_size)
+        self.publisher = Publisher(
+            self.outbox,
+            BrokerSettings(
+                host=mqtt.host,
+                port=mqtt.port,
+                client_id=mqtt.client_id or f"edge-qc-{mqtt.device}",
+                status_topic=mqtt.status_topic.format(**names),
+                username=mqtt.username or None,
+                password=mqtt.password or None,
+                ca_certs=mqtt.ca_certs or None,
+                certfile=mqtt.certfile or None,
+                keyfile=mqtt.keyfile or None,
+                birth={"versions": self.pipeline.versions},
+            ),
+        )
+        dicom = config.dicom
+        self.scp = StorageScp(
+            ScpSettings(
+                ae_title=dicom.ae_title,
+                bind=dicom.bind,
+                port=dicom.port,
+                allowed_calling_aets=dicom.allowed_calling_aets,
+                allowed_addresses=dicom.allowed_addresses,
+                max_associations=dicom.max_associations,
+                max_pdu_bytes=dicom.max_pdu_bytes,
+            ),
+            self.spool,
+            self._received,
+        )
+        self.judged = 0
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
+
+    def _received(self, entry: Path) -> None:
+        """Called in an association thread once the dataset is on disk: queue it, holding the
+        association while the queue is full (back-pressure on the sender, nothing dropped)."""
+        self.queue.put(entry)
+
+    def start(self) -> None:
+        recovered = self.spool.pending()
+        if recovered:
+            log.info("recovering %d spooled images from before the last stop", len(recovered))
+        self.publisher.start()
+        self._worker.start()
+        threading.Thread(target=self._requeue, args=(recovered,), name="recovery", daemon=True).start()
+        self.scp.start()
+
+    def _requeue(self, entries: list[Path]) -> None:
+        for entry in entries:
+            self.queue.put(entry)
+
+    def message(self, entry: Path, verdict: dict[str, Any]) -> tuple[str, bytes]:
+        message_id = f"{self.config.mqtt.device}-{entry.stem}"
+        image = verdict.get("image", {})
+        if not self.config.mqtt.send_uids and isinstance(image, dict):
+            image["sop_instance_uid"] = hashed_uid(str(image.get("sop_instance_uid", "")))
+        payload = {
+            "schema": PAYLOAD_SCHEMA,
+            "message_id": message_id,
+            "site": self.config.mqtt.site,
+            "room": self.config.mqtt.room,
+            "device": self.config.mqtt.device,
+            "received_unix": int(entry.stem.split("-")[0]) / 1e9,
+            "verdict": verdict,
+        }
+        return message_id, json.dumps(payload, allow_nan=False).encode()
+
+    def _work(self) -> None:
+        while not self._stopping.is_set() or not self.queue.empty():
+            try:
+                entry = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                verdict = self.pipeline.process(entry).verdict
+                message_id, payload = self.message(entry, verdict.as_dict())
+                self.outbox.put(self.topic, payload, message_id)
+                self.publisher.notify()
+                self.spool.remove(entry)
+                self.judged += 1
+            except Exception:  # an image the pipeline cannot handle is kept aside, never lost or retried forever
+                log.exception("processing %s failed; kept in %s", entry.name, self.failed_dir)
+                self.failed_dir.mkdir(parents=True, exist_ok=True)
+                if entry.exists():
+                    shutil.move(str(entry), self.failed_dir / entry.name)
+
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Graceful stop: no new associations, judge what was received, hand the outbox to the broker."""
+        self.scp.stop()
+        self._stopping.set()
+        self._worker.join(timeout=drain_s + 60)
+        self.publisher.drain(drain_s)
+        self.publisher.stop()
+        self.pipeline.close()
+        self.outbox.close()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """True once nothing is queued, spooled or waiting in the outbox (tests and the demo)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.queue.empty() and not self.spool.pending() and self.outbox.depth() == 0:
+                return True
+            time.sleep(0.05)
+        return False

@@ -1,0 +1,145 @@
+"""`edge-qc serve` end to end with real components: DCMTK storescu -> SCP -> pipeline -> Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pydicom
+import pytest
+
+from edge.publish.outbox import Outbox
+from edge.qc.verdict import schema
+from tests.conftest import require_tool
+from tests.dicom.test_scp import STORESCU, free_port
+from tests.publish.test_mqtt import Broker, Subscriber, wait_for
+from tests.qc.conftest import fault_case, write_case
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("studies")
+    cases = {"ap-cut": ("ap", "cut_top"), "lat-tilt": ("lateral", "tilt"), "obl-under": ("oblique", "under_rotated")}
+    return {
+        name: write_case(fault_case(view, fault, 61, size_px=1024), folder) for name, (view, fault) in cases.items()
+    }
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+def site_config(folder: Path, broker_port: int) -> tuple[Path, int]:
+    port = free_port()
+    config = folder / "site.toml"
+    config.write_text(
+        f"""
+[model]
+threads = 1
+[dicom]
+ae_title = "EDGEQC"
+bind = "127.0.0.1"
+port = {port}
+allowed_calling_aets = ["MODALITY"]
+[mqtt]
+port = {broker_port}
+site = "h1"
+room = "xr2"
+device = "jetson7"
+[service]
+spool_dir = "spool"
+outbox_path = "outbox.sqlite"
+"""
+    )
+    return config, port
+
+
+def start_daemon(config: Path) -> subprocess.Popen[str]:
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert daemon.stdout is not None
+    seen = []
+    for line in daemon.stdout:  # logs first (recovery...), then "edge-qc serving: ..." once ready
+        seen.append(line)
+        if "edge-qc serving" in line:
+            threading.Thread(target=daemon.stdout.read, daemon=True).start()  # keep the pipe from filling
+            return daemon
+    raise AssertionError("the daemon did not start:\n" + "".join(seen))
+
+
+def store(port: int, *files: Path) -> None:
+    storescu = require_tool(STORESCU)
+    proc = subprocess.run(
+        [str(storescu), "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[str, Path], tmp_path: Path) -> None:
+    config, port = site_config(tmp_path, broker.port)
+    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/#")
+    daemon = start_daemon(config)
+    try:
+        store(port, *studies.values())
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 3, timeout=60)
+        messages = subscriber.payloads("verdict")
+        assert len({m["message_id"] for m in messages}) == 3
+        assert {m["verdict"]["view"]["judged"] for m in messages} == {"ap", "lateral", "oblique"}  # type: ignore[index]
+        assert all(m["verdict"]["verdict"] == "fail" for m in messages)  # type: ignore[index]
+        for m in messages:
+            jsonschema.validate(m["verdict"], schema())
+        text = json.dumps(messages)
+        original = pydicom.dcmread(studies["ap-cut"])
+        assert str(original.PatientName) not in text and str(original.PatientID) not in text
+        assert original.SOPInstanceUID not in text  # hashed by default
+        status = subscriber.payloads("status")
+        assert status and status[-1]["state"] == "online"
+        assert not list((tmp_path / "spool").glob("*.dcm"))  # spool emptied once verdicts were queued
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    assert wait_for(lambda: subscriber.payloads("status")[-1]["state"] == "offline")
+    subscriber.close()
+
+
+def test_a_verdict_survives_sigkill_after_the_store_succeeded(
+    broker: Broker, studies: dict[str, Path], tmp_path: Path
+) -> None:
+    config, port = site_config(tmp_path, broker.port)
+    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
+    daemon = start_daemon(config)
+    store(port, studies["lat-tilt"])
+    os.kill(daemon.pid, signal.SIGKILL)  # right after the modality heard "success"
+    daemon.wait(timeout=30)
+    spooled = len(list((tmp_path / "spool").glob("*.dcm")))
+    queued = Outbox(tmp_path / "outbox.sqlite").depth()
+    assert spooled + queued + len(subscriber.payloads("verdict")) >= 1  # it is somewhere durable
+    daemon = start_daemon(config)  # the restart judges the spool first and flushes the outbox
+    try:
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 1, timeout=60)
+        ids = {m["message_id"] for m in subscriber.payloads("verdict")}
+        assert len(ids) == 1
+        assert subscriber.payloads("verdict")[0]["verdict"]["view"]["judged"] == "lateral"  # type: ignore[index]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+    subscriber.close()
