@@ -198,7 +198,11 @@ def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     service.start()
-    print(f"edge-qc serving: DICOM {service.config.dicom.ae_title} on port {service.scp.port}, MQTT {service.topic}")
+    metrics = f", metrics on port {service.http.port}" if service.http is not None else ""
+    print(
+        f"edge-qc serving: DICOM {service.config.dicom.ae_title} on port {service.scp.port},"
+        f" MQTT {service.topic}{metrics}"
+    )
     sys.stdout.flush()
     stop.wait()
     service.stop()

@@ -88,6 +88,13 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 9108  # /metrics, /healthz, /readyz
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     spool_dir: Path = Path("/var/lib/edge-qc/spool")
     outbox_path: Path = Path("/var/lib/edge-qc/outbox.sqlite")
@@ -101,6 +108,7 @@ class Config:
     dicom: DicomConfig = field(default_factory=DicomConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<defaults>"
 
     def load_standard(self) -> Standard:
@@ -176,7 +184,7 @@ def _typed_section(data: Mapping[str, Any], name: str, cls: type[Any], where: st
 
 
 def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Path | None = None) -> Config:
-    _reject_unknown(data, {"model", "qc", "dicom", "mqtt", "service"}, "", where)
+    _reject_unknown(data, {"model", "qc", "dicom", "mqtt", "service", "metrics"}, "", where)
     model_t = _table(data, "model", where)
     _reject_unknown(model_t, {"path", "backend", "threads", "engine", "fallback"}, "model.", where)
     base = base_dir or Path.cwd()
@@ -239,12 +247,16 @@ def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Pat
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"{where}: 'mqtt.{key}' may use {{site}}, {{room}} and {{device}} only ({exc})") from exc
     service = _typed_section(data, "service", ServiceConfig, where, base)
+    metrics = _typed_section(data, "metrics", MetricsConfig, where, base)
+    if metrics.port > 65535:
+        raise ConfigError(f"{where}: 'metrics.port' must be a TCP port (1..65535), got {metrics.port}")
     config = Config(
         model=model,
         qc=QcConfig(standard, targets, overrides),
         dicom=dicom,
         mqtt=mqtt,
         service=service,
+        metrics=metrics,
         source=where,
     )
     config.load_standard()  # validate the overrides now, not on the first image

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -22,9 +23,10 @@ from typing import Any, Final
 from edge.config import Config
 from edge.dicom.scp import ScpSettings, StorageScp
 from edge.dicom.spool import Spool
+from edge.observability import Metrics, MetricsServer
 from edge.pipeline import ReloadingPipeline
 from edge.publish.mqtt import BrokerSettings, Publisher
-from edge.publish.outbox import Outbox
+from edge.publish.outbox import Message, Outbox
 
 log = logging.getLogger("edge.service")
 PAYLOAD_SCHEMA: Final = "edge-qc/verdict-message/1"
@@ -45,6 +47,7 @@ class Service:
         self.outbox = Outbox(config.service.outbox_path)
         self.pipeline = ReloadingPipeline(config)
         self.queue: queue.Queue[Path] = queue.Queue(maxsize=config.service.queue_size)
+        self.metrics = Metrics()
         self.publisher = Publisher(
             self.outbox,
             BrokerSettings(
@@ -59,6 +62,8 @@ class Service:
                 keyfile=mqtt.keyfile or None,
                 birth={"versions": self.pipeline.versions},
             ),
+            on_published=self._published,
+            on_failure=self.metrics.publish_failures.inc,
         )
         dicom = config.dicom
         self.scp = StorageScp(
@@ -73,7 +78,15 @@ class Service:
             ),
             self.spool,
             self._received,
+            lambda result: self.metrics.associations.labels(result).inc(),
         )
+        versions = self.pipeline.versions
+        self.metrics.model_info.labels(versions["model"], versions["engine"], versions["standard"]).set(1)
+        self.metrics.queue_depth.set_function(self.queue.qsize)
+        self.metrics.outbox_depth.set_function(self.outbox.depth)
+        self.http: MetricsServer | None = None
+        if config.metrics.enabled:
+            self.http = MetricsServer(self.metrics, config.metrics.bind, config.metrics.port, self.ready)
         self.judged = 0
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
@@ -81,12 +94,32 @@ class Service:
     def _received(self, entry: Path) -> None:
         """Called in an association thread once the dataset is on disk: queue it, holding the
         association while the queue is full (back-pressure on the sender, nothing dropped)."""
+        self.metrics.received.inc()
         self.queue.put(entry)
+
+    def _published(self, message: Message, seconds: float) -> None:
+        self.metrics.publish_seconds.observe(seconds)
+        try:
+            received = float(json.loads(message.payload)["received_unix"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self.metrics.end_to_end_seconds.observe(max(time.time() - received, 0.0))
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready to judge: model loaded, spool writable, broker connected (each named when not)."""
+        problems = []
+        if not os.access(self.spool.root, os.W_OK):
+            problems.append("spool not writable")
+        if not self.publisher.connected.is_set():
+            problems.append("broker not connected")
+        return (not problems, "ready" if not problems else "; ".join(problems))
 
     def start(self) -> None:
         recovered = self.spool.pending()
         if recovered:
             log.info("recovering %d spooled images from before the last stop", len(recovered))
+        if self.http is not None:
+            self.http.start()
         self.publisher.start()
         self._worker.start()
         threading.Thread(target=self._requeue, args=(recovered,), name="recovery", daemon=True).start()
@@ -120,7 +153,10 @@ class Service:
                 continue
             try:
                 verdict = self.pipeline.process(entry).verdict
-                message_id, payload = self.message(entry, verdict.as_dict())
+                self.metrics.degraded.set(1 if verdict.degraded else 0)
+                document = verdict.as_dict()
+                self.metrics.observe_verdict(document)
+                message_id, payload = self.message(entry, document)
                 self.outbox.put(self.topic, payload, message_id)
                 self.publisher.notify()
                 self.spool.remove(entry)
@@ -140,6 +176,8 @@ class Service:
         self.publisher.stop()
         self.pipeline.close()
         self.outbox.close()
+        if self.http is not None:
+            self.http.stop()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """True once nothing is queued, spooled or waiting in the outbox (tests and the demo)."""

@@ -93,10 +93,17 @@ class _FilteringServer(ThreadedAssociationServer):
 
 
 class StorageScp:
-    def __init__(self, settings: ScpSettings, spool: Spool, on_spooled: Callable[[Path], None]) -> None:
+    def __init__(
+        self,
+        settings: ScpSettings,
+        spool: Spool,
+        on_spooled: Callable[[Path], None],
+        on_association: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.spool = spool
         self.on_spooled = on_spooled
+        self.on_association = on_association  # "accepted" / "rejected"
         ae = AE(ae_title=settings.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
@@ -119,6 +126,10 @@ class StorageScp:
 
     def start(self) -> None:
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        if self.on_association is not None:
+            report = self.on_association
+            handlers += [(evt.EVT_ACCEPTED, lambda event: report("accepted"))]
+            handlers += [(evt.EVT_REJECTED, lambda event: report("rejected"))]
         server = self._ae.make_server(
             (self.settings.bind, self.settings.port), evt_handlers=handlers, server_class=_FilteringServer
         )

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.publish.outbox import Outbox
+from edge.publish.outbox import Message, Outbox
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,17 @@ class BrokerSettings:
 
 
 class Publisher:
-    def __init__(self, outbox: Outbox, settings: BrokerSettings) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: BrokerSettings,
+        on_published: Callable[[Message, float], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.outbox = outbox
         self.settings = settings
+        self.on_published = on_published  # (message, seconds from publish to PUBACK)
+        self.on_failure = on_failure
         self.connected = threading.Event()
         self.published = 0
         self.failures = 0
@@ -92,6 +101,7 @@ class Publisher:
                 self._wake.clear()
                 continue
             message = batch[0]
+            started = time.monotonic()
             try:
                 info = self._client.publish(message.topic, message.payload, qos=1)
                 info.wait_for_publish(timeout=self.settings.ack_timeout_s)
@@ -101,8 +111,12 @@ class Publisher:
             if acknowledged:
                 self.outbox.remove(message.row)
                 self.published += 1
+                if self.on_published is not None:
+                    self.on_published(message, time.monotonic() - started)
             else:  # stays in the outbox, in front: tried again once the broker is back
                 self.failures += 1
+                if self.on_failure is not None:
+                    self.on_failure()
                 time.sleep(0.2)
 
     def drain(self, timeout_s: float) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def site_config(folder: Path, broker_port: int) -> tuple[Path, int]:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     config = folder / "site.toml"
     config.write_text(
         f"""
@@ -60,6 +61,8 @@ device = "jetson7"
 [service]
 spool_dir = "spool"
 outbox_path = "outbox.sqlite"
+[metrics]
+port = {metrics_port}
 """
     )
     return config, port
@@ -80,6 +83,24 @@ def start_daemon(config: Path) -> subprocess.Popen[str]:
             threading.Thread(target=daemon.stdout.read, daemon=True).start()  # keep the pipe from filling
             return daemon
     raise AssertionError("the daemon did not start:\n" + "".join(seen))
+
+
+def check_endpoints(port: int) -> str:
+    """Scrape /metrics over HTTP (linted with promtool where installed); /healthz and /readyz answer."""
+    import urllib.request
+
+    base = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(f"{base}/healthz", timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{base}/readyz", timeout=10) as r:
+        assert r.status == 200 and r.read().strip() == b"ready"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        text = str(r.read().decode())
+    promtool = shutil.which("promtool")
+    if promtool:
+        lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+    return text
 
 
 def store(port: int, *files: Path) -> None:
@@ -114,6 +135,15 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         status = subscriber.payloads("status")
         assert status and status[-1]["state"] == "online"
         assert not list((tmp_path / "spool").glob("*.dcm"))  # spool emptied once verdicts were queued
+        metrics_port = int(config.read_text().split("[metrics]\nport = ")[1].split()[0])
+        scrape = check_endpoints(metrics_port)
+        assert 'edgeqc_images_judged_total{verdict="fail",view="ap"} 1.0' in scrape
+        assert "edgeqc_images_received_total 3.0" in scrape
+        assert 'edgeqc_associations_total{result="accepted"} 1.0' in scrape
+        assert "edgeqc_end_to_end_seconds_count 3.0" in scrape
+        assert 'edgeqc_stage_duration_seconds_count{stage="infer"} 3.0' in scrape
+        assert "edgeqc_outbox_depth 0.0" in scrape and "edgeqc_degraded 0.0" in scrape
+        assert 'edgeqc_item_failures_total{item="upper_coverage",view="ap"}' in scrape
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
