@@ -182,13 +182,13 @@ def engine(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT, then drain: nothing received is dropped."""
-    import logging
     import signal
     import threading
 
+    from edge.logs import configure
     from edge.service import Service
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure()
     try:
         service = Service(load_config(args.config))
     except (ConfigError, ManifestError, BackendUnavailableError, OSError) as exc:

@@ -27,6 +27,7 @@ from edge.observability import Metrics, MetricsServer
 from edge.pipeline import ReloadingPipeline
 from edge.publish.mqtt import BrokerSettings, Publisher
 from edge.publish.outbox import Message, Outbox
+from edge.systemd import Watchdog, notify
 
 log = logging.getLogger("edge.service")
 PAYLOAD_SCHEMA: Final = "edge-qc/verdict-message/1"
@@ -88,6 +89,7 @@ class Service:
         if config.metrics.enabled:
             self.http = MetricsServer(self.metrics, config.metrics.bind, config.metrics.port, self.ready)
         self.judged = 0
+        self.watchdog = Watchdog()
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
 
@@ -124,6 +126,7 @@ class Service:
         self._worker.start()
         threading.Thread(target=self._requeue, args=(recovered,), name="recovery", daemon=True).start()
         self.scp.start()
+        notify(f"READY=1\nSTATUS=serving {self.pipeline.serving} on DICOM port {self.scp.port}")
 
     def _requeue(self, entries: list[Path]) -> None:
         for entry in entries:
@@ -147,6 +150,7 @@ class Service:
 
     def _work(self) -> None:
         while not self._stopping.is_set() or not self.queue.empty():
+            self.watchdog.ping()  # from this loop: a hung inference stops the pings
             try:
                 entry = self.queue.get(timeout=0.2)
             except queue.Empty:
@@ -169,6 +173,7 @@ class Service:
 
     def stop(self, drain_s: float = 10.0) -> None:
         """Graceful stop: no new associations, judge what was received, hand the outbox to the broker."""
+        notify("STOPPING=1\nSTATUS=draining")
         self.scp.stop()
         self._stopping.set()
         self._worker.join(timeout=drain_s + 60)

@@ -49,3 +49,14 @@ def test_jetson_health_from_a_sysfs_tree(tmp_path: Path) -> None:
     assert 'edgeqc_gpu_frequency_hertz{gpu="17000000.ga10b"} 9.18e+08' in text
     assert 'edgeqc_power_rail_watts{rail="VDD_IN"} 6.0' in text
     assert "edgeqc_gpu_load_ratio{" not in Metrics(sysfs_root=tmp_path / "none").exposition().decode()
+
+
+def test_logs_are_json_lines() -> None:
+    import json
+    import logging
+
+    from edge.logs import JsonFormatter
+
+    record = logging.LogRecord("edge.service", logging.WARNING, __file__, 1, "spool %s full", ("x",), None)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "warning" and entry["message"] == "spool x full" and entry["logger"] == "edge.service"

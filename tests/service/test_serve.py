@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -68,12 +69,13 @@ port = {metrics_port}
     return config, port
 
 
-def start_daemon(config: Path) -> subprocess.Popen[str]:
+def start_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     daemon = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     assert daemon.stdout is not None
     seen = []
@@ -173,3 +175,35 @@ def test_a_verdict_survives_sigkill_after_the_store_succeeded(
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
     subscriber.close()
+
+
+def test_systemd_ready_watchdog_and_stopping(broker: Broker, tmp_path: Path) -> None:
+    """Type=notify: READY once warm, WATCHDOG from the inference loop, STOPPING on SIGTERM."""
+    config, _ = site_config(tmp_path, broker.port)
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.5)
+    messages: list[str] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    daemon = start_daemon(config, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    try:
+        assert wait_for(lambda: sum("WATCHDOG=1" in m for m in messages) >= 3, timeout=20)
+        assert any(m.startswith("READY=1") and "STATUS=serving lumbar-resunet" in m for m in messages)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    assert wait_for(lambda: any(m.startswith("STOPPING=1") for m in messages), timeout=5)
+    done.set()
+    listener.join()
+    sock.close()
