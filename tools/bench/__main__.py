@@ -139,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--runs", type=int, default=5)
     check.add_argument("--size", type=int, default=2500)
     check.add_argument("--images", type=int, default=3, help="one per view (default 3)")
+    e2e = sub.add_parser("e2e", help="C-STORE to verdict over MQTT, with its floors")
+    e2e.add_argument("--count", type=int, default=30)
     args = parser.parse_args(argv)
+    if args.command == "e2e":
+        from tools.bench.e2e import run
+
+        return run(args.count)
     if args.command == "check":
         return bench_check(args.runs, args.size, args.images)
     code = bench_infer(args.model, args.backend, args.runs, args.threads, args.engine)

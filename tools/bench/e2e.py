@@ -1,0 +1,150 @@
+"""python -m tools.bench e2e: latency from the start of a C-STORE to the verdict at an MQTT subscriber.
+
+Full-size 16-bit DX phantom files (2,500 x 2,500, uncompressed) are sent one at a time by DCMTK's
+storescu over loopback to `edge-qc serve`; a subscriber notes when each verdict arrives. Floors in
+the same run: DCMTK's storescp receiving the same files, and the model alone on ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pydicom
+from paho.mqtt.enums import CallbackAPIVersion
+
+STORESCU = Path("/usr/bin/storescu")
+STORESCP = Path("/usr/bin/storescp")
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _send(port: int, path: Path, called: str) -> None:
+    cmd = [str(STORESCU), "-aet", "MODALITY", "-aec", called, "127.0.0.1", str(port), str(path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
+def run(count: int) -> int:
+    from tools.demo import free_port, write_studies
+
+    if not STORESCU.exists() or not STORESCP.exists():
+        print("error: needs DCMTK (apt-get install dcmtk)", file=sys.stderr)
+        return 2
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        studies = write_studies(out / "studies")
+        files = [studies[i % len(studies)] for i in range(count)]
+        uid_of = {
+            p: "sha256:" + hashlib.sha256(pydicom.dcmread(p).SOPInstanceUID.encode()).hexdigest()[:32] for p in studies
+        }
+
+        # floor 1: DCMTK storescp receiving the same files
+        floor_port = free_port()
+        (out / "received").mkdir()
+        scp = subprocess.Popen(
+            [str(STORESCP), "-od", str(out / "received"), str(floor_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+        transfer = []
+        for path in files:
+            start = time.perf_counter()
+            _send(floor_port, path, "ANY-SCP")
+            transfer.append(time.perf_counter() - start)
+        scp.terminate()
+        scp.wait()
+
+        # floor 2: the model alone
+        from edge.config import DEFAULT_MODEL
+        from edge.engines.manifest import load_manifest
+        from edge.inference.onnxruntime import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(load_manifest(DEFAULT_MODEL).model_path)
+        backend.warm_up(5)
+        x = np.zeros((1, 1, 256, 256), np.float32)
+        model = []
+        for _ in range(count):
+            start = time.perf_counter()
+            backend.infer(x)
+            model.append(time.perf_counter() - start)
+        backend.close()
+
+        # the appliance
+        broker_port, dicom_port = free_port(), free_port()
+        (out / "mosquitto.conf").write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\n")
+        broker = subprocess.Popen([mosquitto, "-c", str(out / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+        config = out / "site.toml"
+        config.write_text(
+            f'[dicom]\nbind = "127.0.0.1"\nport = {dicom_port}\nallowed_calling_aets = ["MODALITY"]\n'
+            f'[mqtt]\nport = {broker_port}\n[service]\nspool_dir = "spool"\noutbox_path = "outbox.sqlite"\n'
+            f"[metrics]\nenabled = false\n"
+        )
+        arrivals: dict[str, list[float]] = {}
+        lock = threading.Lock()
+
+        def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+            uid = json.loads(message.payload)["verdict"]["image"]["sop_instance_uid"]
+            with lock:
+                arrivals.setdefault(uid, []).append(time.perf_counter())
+
+        time.sleep(0.5)
+        sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench")
+        sub.on_connect = lambda c, u, f, r, p: c.subscribe("edgeqc/+/+/+/verdict", qos=1)
+        sub.on_message = on_message
+        sub.connect("127.0.0.1", broker_port)
+        sub.loop_start()
+        log = open(out / "daemon.log", "w")  # noqa: SIM115
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            while "edge-qc serving" not in (out / "daemon.log").read_text():
+                time.sleep(0.1)
+            latency = []
+            for path in files:
+                uid = uid_of[path]
+                with lock:
+                    before = len(arrivals.get(uid, []))
+                start = time.perf_counter()
+                _send(dicom_port, path, "EDGEQC")
+                deadline = time.perf_counter() + 30
+                while time.perf_counter() < deadline:
+                    with lock:
+                        if len(arrivals.get(uid, [])) > before:
+                            latency.append(arrivals[uid][before] - start)
+                            break
+                    time.sleep(0.002)
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=60)
+            sub.loop_stop()
+            broker.terminate()
+            broker.wait()
+    floors = statistics.median(transfer) + statistics.median(model)
+    e2e = statistics.median(latency)
+    print(f"end to end over loopback, {len(latency)} of {count} full-size 16-bit DX files (2,500 x 2,500, 12.5 MB):")
+    print(
+        f"  C-STORE start -> verdict at the MQTT subscriber: p50 {e2e * 1000:.0f} ms, p95 {_p(latency, 95) * 1000:.0f} ms,"
+        f" max {max(latency) * 1000:.0f} ms"
+    )
+    print(f"  floor, DCMTK storescu -> storescp: p50 {statistics.median(transfer) * 1000:.0f} ms")
+    print(f"  floor, the model alone (ONNX Runtime CPU): p50 {statistics.median(model) * 1000:.0f} ms")
+    print(
+        f"  overhead over the two floors: {100 * (e2e - floors) / floors:.0f} % (decode, preprocess, measure,"
+        f" judge, spool fsync, outbox, MQTT)"
+    )
+    return 0 if len(latency) == count else 1
