@@ -182,6 +182,7 @@ def engine(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT, then drain: nothing received is dropped."""
+    import logging
     import signal
     import threading
 
@@ -194,9 +195,15 @@ def serve(args: argparse.Namespace) -> int:
     except (ConfigError, ManifestError, BackendUnavailableError, OSError) as exc:
         print(f"edge-qc: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
+    stop, hangup = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+
+    def on_hangup(*_: object) -> None:
+        hangup.set()
+        stop.set()
+
+    signal.signal(signal.SIGHUP, on_hangup)
     service.start()
     metrics = f", metrics on port {service.http.port}" if service.http is not None else ""
     print(
@@ -204,7 +211,20 @@ def serve(args: argparse.Namespace) -> int:
         f" MQTT {service.topic}{metrics}"
     )
     sys.stdout.flush()
-    stop.wait()
+    log = logging.getLogger("edge.serve")
+    while True:
+        stop.wait()
+        if not hangup.is_set():
+            break
+        stop.clear()
+        hangup.clear()
+        try:  # a bad new configuration is refused and the running one kept
+            notes = service.reload(load_config(args.config))
+            log.info("configuration reloaded from %s", args.config)
+            for note in notes:
+                log.warning(note)
+        except (ConfigError, ManifestError, BackendUnavailableError, OSError) as exc:
+            log.error("configuration not reloaded, still running the previous one: %s", exc)
     service.stop()
     return 0
 

@@ -9,6 +9,7 @@ its message id, and the outbox ignores an id it already holds).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -89,6 +90,7 @@ class Service:
         if config.metrics.enabled:
             self.http = MetricsServer(self.metrics, config.metrics.bind, config.metrics.port, self.ready)
         self.judged = 0
+        self._pipeline_lock = threading.Lock()  # the worker holds it per image; a reload swaps under it
         self.watchdog = Watchdog()
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
@@ -156,7 +158,8 @@ class Service:
             except queue.Empty:
                 continue
             try:
-                verdict = self.pipeline.process(entry).verdict
+                with self._pipeline_lock:
+                    verdict = self.pipeline.process(entry).verdict
                 self.metrics.degraded.set(1 if verdict.degraded else 0)
                 document = verdict.as_dict()
                 self.metrics.observe_verdict(document)
@@ -170,6 +173,25 @@ class Service:
                 self.failed_dir.mkdir(parents=True, exist_ok=True)
                 if entry.exists():
                     shutil.move(str(entry), self.failed_dir / entry.name)
+
+    def reload(self, config: Config) -> list[str]:
+        """SIGHUP: apply a new configuration's model and QC settings between two images; settings that
+        need new sockets or files (DICOM, MQTT, spool, metrics) are reported, not applied."""
+        restart = [
+            name
+            for name in ("dicom", "mqtt", "service", "metrics")
+            if getattr(config, name) != getattr(self.config, name)
+        ]
+        if config.model != self.config.model or config.qc != self.config.qc:
+            candidate = ReloadingPipeline(config)  # loads and warms up beside the running pipeline
+            with self._pipeline_lock:
+                old, self.pipeline = self.pipeline, candidate
+            old.close()
+            versions = candidate.versions
+            self.metrics.model_info.clear()
+            self.metrics.model_info.labels(versions["model"], versions["engine"], versions["standard"]).set(1)
+        self.config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in restart})
+        return [f"'{name}' changed: takes effect after a restart" for name in restart]
 
     def stop(self, drain_s: float = 10.0) -> None:
         """Graceful stop: no new associations, judge what was received, hand the outbox to the broker."""

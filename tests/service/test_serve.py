@@ -82,7 +82,9 @@ def start_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.
     for line in daemon.stdout:  # logs first (recovery...), then "edge-qc serving: ..." once ready
         seen.append(line)
         if "edge-qc serving" in line:
-            threading.Thread(target=daemon.stdout.read, daemon=True).start()  # keep the pipe from filling
+            lines: list[str] = []
+            daemon.lines = lines  # type: ignore[attr-defined]
+            threading.Thread(target=lines.extend, args=(daemon.stdout,), daemon=True).start()  # keep the pipe empty
             return daemon
     raise AssertionError("the daemon did not start:\n" + "".join(seen))
 
@@ -207,3 +209,51 @@ def test_systemd_ready_watchdog_and_stopping(broker: Broker, tmp_path: Path) -> 
     done.set()
     listener.join()
     sock.close()
+
+
+def test_sighup_reloads_qc_settings_and_refuses_a_bad_configuration(
+    broker: Broker, studies: dict[str, Path], tmp_path: Path
+) -> None:
+    config, port = site_config(tmp_path, broker.port)
+    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
+    daemon = start_daemon(config)
+    lines: list[str] = daemon.lines  # type: ignore[attr-defined]
+    try:
+        good = config.read_text().replace("[dicom]", "[dicom]\nmax_associations = 2")
+        config.write_text(good + "\n[qc.overrides.ap.centring]\nmax_offset_fraction = 0.3\n")
+        daemon.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: any("configuration reloaded" in line for line in lines))
+        assert wait_for(lambda: any("'dicom' changed: takes effect after a restart" in line for line in lines))
+        config.write_text(good + "\n[qc.overrides.ap.centring]\nmax_offset = 0.3\n")  # misspelt key
+        daemon.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: any("configuration not reloaded" in line and "max_offset" in line for line in lines))
+        store(port, studies["ap-cut"])  # still serving, with the reloaded standard
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) == 1, timeout=60)
+        items = subscriber.payloads("verdict")[0]["verdict"]["items"]  # type: ignore[index]
+        assert items["centring"]["threshold"] == [0.3]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    subscriber.close()
+
+
+def test_a_burst_larger_than_the_queue_is_held_back_not_lost(
+    broker: Broker, studies: dict[str, Path], tmp_path: Path
+) -> None:
+    config, port = site_config(tmp_path, broker.port)
+    config.write_text(
+        config.read_text().replace('outbox_path = "outbox.sqlite"', 'outbox_path = "outbox.sqlite"\nqueue_size = 1')
+    )
+    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
+    daemon = start_daemon(config)
+    try:
+        senders = [threading.Thread(target=store, args=(port, *studies.values())) for _ in range(2)]
+        for sender in senders:  # 2 associations x 3 images against a queue of 1
+            sender.start()
+        for sender in senders:
+            sender.join()
+        assert wait_for(lambda: len({m["message_id"] for m in subscriber.payloads("verdict")}) == 6, timeout=90)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    subscriber.close()

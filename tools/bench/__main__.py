@@ -141,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--images", type=int, default=3, help="one per view (default 3)")
     e2e = sub.add_parser("e2e", help="C-STORE to verdict over MQTT, with its floors")
     e2e.add_argument("--count", type=int, default=30)
+    e2e.add_argument("--sustained-minutes", type=float, default=0.0, help="send 60 images per minute for this long")
     args = parser.parse_args(argv)
     if args.command == "e2e":
         from tools.bench.e2e import run
 
-        return run(args.count)
+        return run(args.count, args.sustained_minutes)
     if args.command == "check":
         return bench_check(args.runs, args.size, args.images)
     code = bench_infer(args.model, args.backend, args.runs, args.threads, args.engine)

@@ -36,7 +36,14 @@ def _send(port: int, path: Path, called: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 
 
-def run(count: int) -> int:
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(count: int, sustained_minutes: float = 0.0) -> int:
     from tools.demo import free_port, write_studies
 
     if not STORESCU.exists() or not STORESCP.exists():
@@ -115,7 +122,15 @@ def run(count: int) -> int:
             while "edge-qc serving" not in (out / "daemon.log").read_text():
                 time.sleep(0.1)
             latency = []
-            for path in files:
+            if sustained_minutes:  # one image per second, as a busy X-ray room never sends
+                files = [studies[i % len(studies)] for i in range(int(sustained_minutes * 60))]
+            rss_start, rss_peak, started = rss_bytes(daemon.pid), 0, time.perf_counter()
+            for n, path in enumerate(files):
+                if sustained_minutes:
+                    time.sleep(max(0.0, started + n - time.perf_counter()))
+                    if n == 30:
+                        rss_start = rss_bytes(daemon.pid)  # after the first half minute: caches warm
+                    rss_peak = max(rss_peak, rss_bytes(daemon.pid))
                 uid = uid_of[path]
                 with lock:
                     before = len(arrivals.get(uid, []))
@@ -128,6 +143,7 @@ def run(count: int) -> int:
                             latency.append(arrivals[uid][before] - start)
                             break
                     time.sleep(0.002)
+            rss_end = rss_bytes(daemon.pid)
         finally:
             daemon.terminate()
             daemon.wait(timeout=60)
@@ -146,4 +162,11 @@ def run(count: int) -> int:
         f"  overhead over the two floors: {100 * (e2e - floors) / floors:.0f} % (decode, preprocess, measure,"
         f" judge, spool fsync, outbox, MQTT)"
     )
-    return 0 if len(latency) == count else 1
+    if sustained_minutes:
+        growth = 100 * (rss_end - rss_start) / max(rss_start, 1)
+        print(
+            f"  sustained {sustained_minutes:g} min at 60 images/min: {len(latency)} of {len(files)} verdicts;"
+            f" resident memory {rss_start / 2**20:.0f} MiB after 30 s -> {rss_end / 2**20:.0f} MiB at the end"
+            f" ({growth:+.1f} %), peak {rss_peak / 2**20:.0f} MiB"
+        )
+    return 0 if len(latency) == len(files) else 1
