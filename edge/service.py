@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge.config import Config
-from edge.dicom.scp import ScpSettings, StorageScp
+from edge.dicom.scp import StorageScp
 from edge.dicom.spool import Spool
 from edge.observability import Metrics, MetricsServer
 from edge.pipeline import ReloadingPipeline
@@ -67,17 +67,8 @@ class Service:
             on_published=self._published,
             on_failure=self.metrics.publish_failures.inc,
         )
-        dicom = config.dicom
         self.scp = StorageScp(
-            ScpSettings(
-                ae_title=dicom.ae_title,
-                bind=dicom.bind,
-                port=dicom.port,
-                allowed_calling_aets=dicom.allowed_calling_aets,
-                allowed_addresses=dicom.allowed_addresses,
-                max_associations=dicom.max_associations,
-                max_pdu_bytes=dicom.max_pdu_bytes,
-            ),
+            config.dicom,
             self.spool,
             self._received,
             lambda result: self.metrics.associations.labels(result).inc(),

@@ -39,6 +39,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    return found or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+def start_mosquitto(binary: str, folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A throw-away broker on a free loopback port (the demo's and the e2e benchmark's)."""
+    port = free_port()
+    (folder / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    process = subprocess.Popen([binary, "-c", str(folder / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return process, port
+
+
 def write_studies(folder: Path) -> list[Path]:
     from dataclasses import replace
 
@@ -63,16 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args[0] if args else "out/demo")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    mosquitto = mosquitto_binary()
     if mosquitto is None:
         print("error: mosquitto is not installed (as root: apt-get install mosquitto)", file=sys.stderr)
         return 2
     print("generating 6 phantom studies (2,500 x 2,500, 16 bit)...", flush=True)
     studies = write_studies(out / "studies")
 
-    broker_port, dicom_port, metrics_port = free_port(), free_port(), free_port()
-    (out / "mosquitto.conf").write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\n")
-    broker = subprocess.Popen([mosquitto, "-c", str(out / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+    dicom_port, metrics_port = free_port(), free_port()
+    broker, broker_port = start_mosquitto(mosquitto, out)
     config = out / "site.toml"
     config.write_text(
         f"""[dicom]
@@ -112,7 +125,6 @@ port = {metrics_port}
         else:
             print(f"  MQTT {message.topic}: {payload}")
 
-    time.sleep(0.5)
     subscriber = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="demo-viewer")
     subscriber.on_connect = lambda c, u, f, r, p: c.subscribe("edgeqc/#", qos=1)
     subscriber.on_message = on_message

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -36,6 +35,7 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
+from edge.config import DicomConfig
 from edge.dicom.spool import Spool
 
 log = logging.getLogger("edge.dicom.scp")
@@ -66,17 +66,6 @@ SUCCESS: Final = 0x0000
 OUT_OF_RESOURCES: Final = 0xA700
 
 
-@dataclass(frozen=True)
-class ScpSettings:
-    ae_title: str = "EDGEQC"
-    bind: str = "0.0.0.0"
-    port: int = 11112
-    allowed_calling_aets: tuple[str, ...] = ()  # empty: nobody may store (unknown senders refused)
-    allowed_addresses: tuple[str, ...] = ()  # empty: any address (the AE title still has to match)
-    max_associations: int = 4
-    max_pdu_bytes: int = 65536
-
-
 class _FilteringServer(ThreadedAssociationServer):
     allowed_addresses: frozenset[str] = frozenset()
     refuse_all = False  # no calling AE title allowed: nobody may associate
@@ -95,7 +84,7 @@ class _FilteringServer(ThreadedAssociationServer):
 class StorageScp:
     def __init__(
         self,
-        settings: ScpSettings,
+        settings: DicomConfig,
         spool: Spool,
         on_spooled: Callable[[Path], None],
         on_association: Callable[[str], None] | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import threading
@@ -12,7 +13,8 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from edge.dicom.scp import OUT_OF_RESOURCES, STORAGE_CLASSES, SUCCESS, VERIFICATION, ScpSettings, StorageScp
+from edge.config import DicomConfig
+from edge.dicom.scp import OUT_OF_RESOURCES, STORAGE_CLASSES, SUCCESS, VERIFICATION, StorageScp
 from edge.dicom.spool import Spool
 from tests.conftest import require_tool
 from tests.qc.conftest import fault_case, write_case
@@ -33,8 +35,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_scp(spool: Spool, **changes: object) -> tuple[StorageScp, list[Path]]:
     received: list[Path] = []
-    settings = ScpSettings(bind="127.0.0.1", port=free_port(), allowed_calling_aets=("MODALITY",))
-    settings = ScpSettings(**{**settings.__dict__, **changes})
+    settings = DicomConfig(bind="127.0.0.1", port=free_port(), allowed_calling_aets=("MODALITY",))
+    settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
     scp = StorageScp(settings, spool, received.append)
     scp.start()
     return scp, received

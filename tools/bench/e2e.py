@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -44,12 +43,15 @@ def rss_bytes(pid: int) -> int:
 
 
 def run(count: int, sustained_minutes: float = 0.0) -> int:
-    from tools.demo import free_port, write_studies
+    from tools.demo import free_port, mosquitto_binary, start_mosquitto, write_studies
 
     if not STORESCU.exists() or not STORESCP.exists():
         print("error: needs DCMTK (apt-get install dcmtk)", file=sys.stderr)
         return 2
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    mosquitto = mosquitto_binary()
+    if mosquitto is None:
+        print("error: needs mosquitto (apt-get install mosquitto)", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         studies = write_studies(out / "studies")
@@ -91,9 +93,8 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
         backend.close()
 
         # the appliance
-        broker_port, dicom_port = free_port(), free_port()
-        (out / "mosquitto.conf").write_text(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\n")
-        broker = subprocess.Popen([mosquitto, "-c", str(out / "mosquitto.conf")], stderr=subprocess.DEVNULL)
+        dicom_port = free_port()
+        broker, broker_port = start_mosquitto(mosquitto, out)
         config = out / "site.toml"
         config.write_text(
             f'[dicom]\nbind = "127.0.0.1"\nport = {dicom_port}\nallowed_calling_aets = ["MODALITY"]\n'
@@ -108,7 +109,6 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
             with lock:
                 arrivals.setdefault(uid, []).append(time.perf_counter())
 
-        time.sleep(0.5)
         sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench")
         sub.on_connect = lambda c, u, f, r, p: c.subscribe("edgeqc/+/+/+/verdict", qos=1)
         sub.on_message = on_message
