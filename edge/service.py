@@ -72,6 +72,7 @@ class Service:
             self.spool,
             self._received,
             lambda result: self.metrics.associations.labels(result).inc(),
+            lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(seconds),
         )
         versions = self.pipeline.versions
         self.metrics.model_info.labels(versions["model"], versions["engine"], versions["standard"]).set(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -88,11 +89,13 @@ class StorageScp:
         spool: Spool,
         on_spooled: Callable[[Path], None],
         on_association: Callable[[str], None] | None = None,
+        on_timing: Callable[[str, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.on_spooled = on_spooled
         self.on_association = on_association  # "accepted" / "rejected"
+        self.on_timing = on_timing  # ("spool", seconds) per dataset
         ae = AE(ae_title=settings.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
@@ -105,11 +108,14 @@ class StorageScp:
         self._server: ThreadedAssociationServer | None = None
 
     def _on_store(self, event: Any) -> int:
+        started = time.perf_counter()
         try:
             path = self.spool.write(event.encoded_dataset(include_meta=True))
         except OSError as exc:
             log.error("spool write failed (%s): answering out of resources", exc.strerror or exc)
             return OUT_OF_RESOURCES
+        if self.on_timing is not None:
+            self.on_timing("spool", time.perf_counter() - started)
         self.on_spooled(path)
         return SUCCESS
 

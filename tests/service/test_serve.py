@@ -146,6 +146,7 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         assert 'edgeqc_associations_total{result="accepted"} 1.0' in scrape
         assert "edgeqc_end_to_end_seconds_count 3.0" in scrape
         assert 'edgeqc_stage_duration_seconds_count{stage="infer"} 3.0' in scrape
+        assert 'edgeqc_stage_duration_seconds_count{stage="spool"} 3.0' in scrape
         assert "edgeqc_outbox_depth 0.0" in scrape and "edgeqc_degraded 0.0" in scrape
         assert 'edgeqc_item_failures_total{item="upper_coverage",view="ap"}' in scrape
     finally:
