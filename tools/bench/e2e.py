@@ -152,7 +152,7 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
             broker.wait()
     floors = statistics.median(transfer) + statistics.median(model)
     e2e = statistics.median(latency)
-    print(f"end to end over loopback, {len(latency)} of {len(files)} full-size 16-bit DX files (2,500 x 2,500, 12.5 MB):")
+    print(f"end to end over loopback, {len(latency)} of {len(files)} full-size 16-bit DX files (2,500 x 2,500):")
     p95 = _p(latency, 95)
     print(f"  C-STORE start -> verdict at the MQTT subscriber: p50 {e2e * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms,")
     print(f"  max {max(latency) * 1000:.0f} ms")
