@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.mosquitto import Broker
 from tools.phantom.acquisition import Acquisition, sample_acquisition
 from tools.phantom.anatomy import PatientParams, sample_patient
 from tools.phantom.dataset import PhantomImage, SetOptions, generate_image, image_rng
@@ -52,3 +54,12 @@ def render_case(
 ) -> PhantomImage:
     options = SetOptions(seed=seed, size_px=size_px, fault_rate=0.0)
     return generate_image(options, 0, patient=patient or straight_patient(seed), acquisition=acq)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real Mosquitto on a free loopback port, stopped after the test."""
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()

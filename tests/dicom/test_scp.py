@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,14 +17,9 @@ from edge.dicom.scp import OUT_OF_RESOURCES, STORAGE_CLASSES, SUCCESS, VERIFICAT
 from edge.dicom.spool import Spool
 from tests.conftest import require_tool
 from tests.qc.conftest import fault_case, write_case
+from tools.demo import free_port
 
 STORESCU = Path("/usr/bin/storescu")  # DCMTK's, not the one pynetdicom installs into the venv
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

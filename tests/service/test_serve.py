@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -20,9 +19,10 @@ import pytest
 from edge.publish.outbox import Outbox
 from edge.qc.verdict import schema
 from tests.conftest import require_tool
-from tests.dicom.test_scp import STORESCU, free_port
-from tests.publish.test_mqtt import Broker, Subscriber, wait_for
+from tests.dicom.test_scp import STORESCU
+from tests.mosquitto import Broker, Subscriber, wait_for
 from tests.qc.conftest import fault_case, write_case
+from tools.demo import free_port
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,6 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         name: write_case(fault_case(view, fault, 61, size_px=1024), folder) for name, (view, fault) in cases.items()
     }
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 def site_config(folder: Path, broker_port: int) -> tuple[Path, int]:
