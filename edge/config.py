@@ -66,7 +66,10 @@ class DicomConfig:
     allowed_calling_aets: tuple[str, ...] = ()  # empty: nobody may store (unknown senders refused)
     allowed_addresses: tuple[str, ...] = ()  # empty: any address (the calling AE title still has to match)
     max_associations: int = 4
-    max_pdu_bytes: int = 65536
+    max_pdu_bytes: int = 262144  # larger PDUs cut the receive time of a 12 MB image (fewer, bigger reads)
+    tls_certfile: str = ""  # DICOM TLS when set: this appliance's certificate (PEM), with tls_keyfile
+    tls_keyfile: str = ""
+    tls_ca_certs: str = ""  # when set, senders must present a certificate this CA signed (mutual TLS)
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,24 @@ def _typed_section(data: Mapping[str, Any], name: str, cls: type[Any], where: st
     return dataclasses.replace(defaults, **values)
 
 
+def _tls_files(dicom: DicomConfig, where: str, base: Path) -> DicomConfig:
+    """DICOM TLS files: resolved against the configuration's folder, present, and complete."""
+    if bool(dicom.tls_certfile) != bool(dicom.tls_keyfile):
+        missing = "tls_keyfile" if dicom.tls_certfile else "tls_certfile"
+        raise ConfigError(f"{where}: 'dicom.{missing}' is required: TLS needs a certificate and its key")
+    if dicom.tls_ca_certs and not dicom.tls_certfile:
+        raise ConfigError(f"{where}: 'dicom.tls_ca_certs' needs 'dicom.tls_certfile' and 'dicom.tls_keyfile'")
+    resolved: dict[str, Any] = {}
+    for key in ("tls_certfile", "tls_keyfile", "tls_ca_certs"):
+        value = getattr(dicom, key)
+        if value:
+            path = base / value
+            if not path.is_file():
+                raise ConfigError(f"{where}: 'dicom.{key}': no such file {path}")
+            resolved[key] = str(path)
+    return dataclasses.replace(dicom, **resolved)
+
+
 def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Path | None = None) -> Config:
     _reject_unknown(data, {"model", "qc", "dicom", "mqtt", "service", "metrics"}, "", where)
     model_t = _table(data, "model", where)
@@ -238,6 +259,7 @@ def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Pat
         raise ConfigError(f"{where}: 'dicom.ae_title' must be 1 to 16 characters, got {dicom.ae_title!r}")
     if dicom.port > 65535:
         raise ConfigError(f"{where}: 'dicom.port' must be a TCP port (1..65535), got {dicom.port}")
+    dicom = _tls_files(dicom, where, base)
     mqtt = _typed_section(data, "mqtt", MqttConfig, where, base)
     if mqtt.port > 65535:
         raise ConfigError(f"{where}: 'mqtt.port' must be a TCP port (1..65535), got {mqtt.port}")

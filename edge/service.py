@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from edge.config import Config
 from edge.dicom.scp import StorageScp
-from edge.dicom.spool import Spool
+from edge.dicom.spool import Arrival, Spool
 from edge.observability import Metrics, MetricsServer
 from edge.pipeline import ReloadingPipeline
 from edge.publish.mqtt import BrokerSettings, Publisher
@@ -48,7 +48,7 @@ class Service:
         self.failed_dir = config.service.spool_dir / "failed"
         self.outbox = Outbox(config.service.outbox_path)
         self.pipeline = ReloadingPipeline(config)
-        self.queue: queue.Queue[Path] = queue.Queue(maxsize=config.service.queue_size)
+        self.queue: queue.Queue[Arrival] = queue.Queue(maxsize=config.service.queue_size)
         self.metrics = Metrics()
         self.publisher = Publisher(
             self.outbox,
@@ -70,7 +70,7 @@ class Service:
         self.scp = StorageScp(
             config.dicom,
             self.spool,
-            self._received,
+            self._arrived,
             lambda result: self.metrics.associations.labels(result).inc(),
             lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(seconds),
         )
@@ -87,11 +87,11 @@ class Service:
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="inference", daemon=True)
 
-    def _received(self, entry: Path) -> None:
-        """Called in an association thread once the dataset is on disk: queue it, holding the
-        association while the queue is full (back-pressure on the sender, nothing dropped)."""
+    def _arrived(self, arrival: Arrival) -> None:
+        """Called in an association thread as a dataset arrives: queue it, holding the association
+        while the queue is full (back-pressure on the sender, nothing dropped)."""
         self.metrics.received.inc()
-        self.queue.put(entry)
+        self.queue.put(arrival)
 
     def _published(self, message: Message, seconds: float) -> None:
         self.metrics.publish_seconds.observe(seconds)
@@ -124,7 +124,7 @@ class Service:
 
     def _requeue(self, entries: list[Path]) -> None:
         for entry in entries:
-            self.queue.put(entry)
+            self.queue.put(Arrival(entry, None))
 
     def message(self, entry: Path, verdict: dict[str, Any]) -> tuple[str, bytes]:
         message_id = f"{self.config.mqtt.device}-{entry.stem}"
@@ -146,12 +146,17 @@ class Service:
         while not self._stopping.is_set() or not self.queue.empty():
             self.watchdog.ping()  # from this loop: a hung inference stops the pings
             try:
-                entry = self.queue.get(timeout=0.2)
+                arrival = self.queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            entry, data = arrival.entry, arrival.data  # bytes while the spool write is under way, else read the entry
             try:
                 with self._pipeline_lock:
-                    verdict = self.pipeline.process(entry).verdict
+                    verdict = self.pipeline.process(entry if data is None else data).verdict
+                del data
+                if not arrival.wait_spooled():  # the modality heard "out of resources" and sends it again
+                    log.warning("%s: not spooled, verdict discarded (the sender was told to retry)", entry.name)
+                    continue
                 self.metrics.degraded.set(1 if verdict.degraded else 0)
                 document = verdict.as_dict()
                 self.metrics.observe_verdict(document)
@@ -163,7 +168,7 @@ class Service:
             except Exception:  # an image the pipeline cannot handle is kept aside, never lost or retried forever
                 log.exception("processing %s failed; kept in %s", entry.name, self.failed_dir)
                 self.failed_dir.mkdir(parents=True, exist_ok=True)
-                if entry.exists():
+                if arrival.wait_spooled() and entry.exists():
                     shutil.move(str(entry), self.failed_dir / entry.name)
 
     def reload(self, config: Config) -> list[str]:

@@ -20,9 +20,10 @@ DCMTK_JPEGLS_TO_PNM = Path("/usr/bin/dcml2pnm")
 DCIODVFY = Path("/usr/bin/dciodvfy")
 
 
-def require_tool(path: Path) -> Path:
+def require_tool(path: Path, package: str = "dcmtk dicom3tools") -> Path:
+    """The tool at `path` (or on PATH); skip with the Debian package to install when it is absent."""
     if not path.exists() and shutil.which(path.name) is None:
-        pytest.skip(f"{path} not installed (apt-get install dcmtk dicom3tools)")
+        pytest.skip(f"{path} not installed (apt-get install {package})")
     return path if path.exists() else Path(shutil.which(path.name) or path)
 
 

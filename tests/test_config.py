@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, load_config
+import edge
+from edge.config import Config, ConfigError, load_config
 
 GOOD = """
 [model]
@@ -64,3 +67,18 @@ def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the configuration"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_the_documented_example_is_every_default() -> None:
+    """edge/site.example.toml documents every key with its default: it must parse to the defaults and
+    name every field of every section (so a new key cannot go undocumented)."""
+    example = Path(edge.__file__).parent / "site.example.toml"
+    config = load_config(example)
+    assert dataclasses.replace(config, source=Config().source) == Config()
+    text = example.read_text()
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        for key in dataclasses.fields(getattr(Config(), section.name)):
+            documented = rf"^(#? ?{key.name} = |\[{section.name}\.{key.name}\])"  # a key, or a table of its own
+            assert re.search(documented, text, re.MULTILINE), f"{section.name}.{key.name} undocumented"

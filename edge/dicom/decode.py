@@ -222,8 +222,10 @@ def display_pixels(ds: Dataset, stored: NDArray[np.generic] | None = None) -> F3
     if padding.any() and not padding.all():
         image = arr[~padding]
         used = (int(image.min()), int(image.max()))
-    table = _display_table(ds, lo_value, hi_value, used)
-    out = table[arr.astype(np.int64) - lo_value]
+    if arr.dtype.kind == "u":  # index the table with the stored values themselves: no 64-bit copy of the image
+        out: F32 = _display_table(ds, 0, hi_value, used)[arr]
+    else:
+        out = _display_table(ds, lo_value, hi_value, used)[arr.astype(np.int64) - lo_value]
     if padding.any():
         out[padding] = 0.0  # padding shows as background, never as anatomy
     return out

@@ -1,20 +1,21 @@
 """The DICOM Storage SCP (pynetdicom): receive, spool, answer. Nothing else happens in its threads.
 
-Association threads only write the received bytes to the spool and return the status; decoding and
-inference run elsewhere (pynetdicom's advice for concurrency, and it keeps large objects out of these
-threads). Unknown senders are refused by default: the calling AE title must be on the allow-list, and
-where an address allow-list is configured the TCP connection of any other address is closed before an
-association exists. A spool that cannot take the dataset answers "out of resources" at once.
+Association threads only hand the received bytes on (an `Arrival`), write them to the spool and
+return the status; decoding and inference run elsewhere (pynetdicom's advice for concurrency, and it
+keeps large objects out of these threads). Unknown senders are refused by default: the calling AE
+title must be on the allow-list, and where an address allow-list is configured the TCP connection of
+any other address is closed before an association exists. A spool that cannot take the dataset
+answers "out of resources" at once. DICOM TLS (optionally mutual) when a certificate is configured.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
 from pydicom.uid import (
@@ -36,8 +37,8 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from edge.config import DicomConfig
-from edge.dicom.spool import Spool
+from edge.config import ConfigError, DicomConfig
+from edge.dicom.spool import Arrival, Spool
 
 log = logging.getLogger("edge.dicom.scp")
 
@@ -67,9 +68,37 @@ SUCCESS: Final = 0x0000
 OUT_OF_RESOURCES: Final = 0xA700
 
 
+def server_tls(settings: DicomConfig) -> ssl.SSLContext | None:
+    """DICOM TLS (PS3.15 B.9 style: TLS 1.2 or newer) when a certificate is configured; with a CA,
+    senders must present a certificate it signed."""
+    if not settings.tls_certfile:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"dicom.tls_certfile / dicom.tls_keyfile: cannot load ({exc})") from exc
+    if settings.tls_ca_certs:
+        try:
+            context.load_verify_locations(settings.tls_ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"dicom.tls_ca_certs: cannot load ({exc})") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class _FilteringServer(ThreadedAssociationServer):
     allowed_addresses: frozenset[str] = frozenset()
     refuse_all = False  # no calling AE title allowed: nobody may associate
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept; with TLS, the handshake runs later in the association's own thread (on its first
+        read), so a sender that connects and never completes it cannot stall the accept loop."""
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = str(client_address[0])
@@ -87,13 +116,13 @@ class StorageScp:
         self,
         settings: DicomConfig,
         spool: Spool,
-        on_spooled: Callable[[Path], None],
+        on_arrival: Callable[[Arrival], None],
         on_association: Callable[[str], None] | None = None,
         on_timing: Callable[[str, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
-        self.on_spooled = on_spooled
+        self.on_arrival = on_arrival  # may block while the queue is full: back-pressure on the sender
         self.on_association = on_association  # "accepted" / "rejected"
         self.on_timing = on_timing  # ("spool", seconds) per dataset
         ae = AE(ae_title=settings.ae_title)
@@ -105,18 +134,25 @@ class StorageScp:
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         self._ae = ae
+        self._tls = server_tls(settings)
         self._server: ThreadedAssociationServer | None = None
 
     def _on_store(self, event: Any) -> int:
+        """Hand the dataset on first, then make it durable: judging starts while the fsync runs, and
+        "success" goes back only once the entry is on disk."""
+        data = event.encoded_dataset(include_meta=True)
+        arrival = Arrival(self.spool.reserve(), data)
+        self.on_arrival(arrival)
         started = time.perf_counter()
         try:
-            path = self.spool.write(event.encoded_dataset(include_meta=True))
+            self.spool.commit(arrival.entry, data)
         except OSError as exc:
+            arrival.settle(spooled=False)
             log.error("spool write failed (%s): answering out of resources", exc.strerror or exc)
             return OUT_OF_RESOURCES
+        arrival.settle(spooled=True)
         if self.on_timing is not None:
             self.on_timing("spool", time.perf_counter() - started)
-        self.on_spooled(path)
         return SUCCESS
 
     def start(self) -> None:
@@ -126,7 +162,10 @@ class StorageScp:
             handlers += [(evt.EVT_ACCEPTED, lambda event: report("accepted"))]
             handlers += [(evt.EVT_REJECTED, lambda event: report("rejected"))]
         server = self._ae.make_server(
-            (self.settings.bind, self.settings.port), evt_handlers=handlers, server_class=_FilteringServer
+            (self.settings.bind, self.settings.port),
+            ssl_context=self._tls,
+            evt_handlers=handlers,
+            server_class=_FilteringServer,
         )
         server.allowed_addresses = frozenset(self.settings.allowed_addresses)  # type: ignore[attr-defined]
         server.refuse_all = not self.settings.allowed_calling_aets  # type: ignore[attr-defined]

@@ -3,6 +3,10 @@
 An entry is written to a temporary name, fsync'd, renamed into place and the directory fsync'd, so
 after a crash an entry is either whole or absent. Entries are named so that sorting them is arrival
 order; one is removed only after its verdict is in the outbox.
+
+An `Arrival` carries a dataset from the receiver to the worker. While its spool write is being made
+durable it also carries the bytes, so the worker can start judging at once instead of waiting for
+the fsync; the worker commits the verdict only once the entry is durable (`wait_spooled`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,31 @@ import time
 from pathlib import Path
 
 
+class Arrival:
+    """A received dataset: its spool entry, its bytes while the spool write is under way (None once
+    the entry is on disk: the worker then reads the entry, so the queue never holds images in memory),
+    and whether the entry became durable."""
+
+    def __init__(self, entry: Path, data: bytes | None) -> None:
+        self.entry = entry
+        self.data = data
+        self.spooled = data is None  # an arrival without bytes is an entry already on disk
+        self._settled = threading.Event()
+        if data is None:
+            self._settled.set()
+
+    def settle(self, spooled: bool) -> None:
+        self.spooled = spooled
+        self.data = None
+        self._settled.set()
+
+    def wait_spooled(self) -> bool:
+        """Block until the spool write ended; True when the entry is durable (the modality was told
+        "success"), False when it failed (the modality was told "out of resources" and will resend)."""
+        self._settled.wait()
+        return self.spooled
+
+
 class Spool:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -23,22 +52,24 @@ class Spool:
         for leftover in root.glob(".*.partial"):  # a write that a crash interrupted: never acknowledged
             leftover.unlink()
 
-    def write(self, data: bytes) -> Path:
+    def reserve(self) -> Path:
+        """The name the next entry will have: arrival time, then a counter (sorting is arrival order)."""
         with self._lock:
-            name = f"{time.time_ns():020d}-{next(self._counter):06d}.dcm"
-        temporary = self.root / f".{name}.partial"
+            return self.root / f"{time.time_ns():020d}-{next(self._counter):06d}.dcm"
+
+    def commit(self, entry: Path, data: bytes) -> None:
+        """Write `data` as `entry`, durably: after a crash the entry is whole or absent."""
+        temporary = entry.with_name(f".{entry.name}.partial")
         with temporary.open("wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        final = self.root / name
-        os.replace(temporary, final)
+        os.replace(temporary, entry)
         directory = os.open(self.root, os.O_RDONLY)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
-        return final
 
     def pending(self) -> list[Path]:
         """Entries not yet judged and published, oldest first (what a restart processes first)."""

@@ -9,6 +9,7 @@ masks land on the right image pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 import numpy as np
@@ -73,13 +74,16 @@ def make_transform(rows: int, cols: int, size: int = DEFAULT_SIZE) -> Transform:
     return Transform(rows, cols, size, out_rows, out_cols, (size - out_cols) // 2, (size - out_rows) // 2)
 
 
+@lru_cache(maxsize=16)
 def _area_weights(n_in: int, n_out: int) -> F32:
     """(n_out x n_in) matrix: output pixel j averages the input span [j, j+1) * n_in / n_out."""
     edges = np.arange(n_out + 1, dtype=np.float64) * (n_in / n_out)
     lo, hi = edges[:-1, None], edges[1:, None]
     i = np.arange(n_in, dtype=np.float64)[None, :]
     overlap = np.clip(np.minimum(hi, i + 1) - np.maximum(lo, i), 0.0, None)
-    return np.asarray(overlap / overlap.sum(axis=1, keepdims=True), dtype=np.float32)
+    weights = np.asarray(overlap / overlap.sum(axis=1, keepdims=True), dtype=np.float32)
+    weights.flags.writeable = False  # shared by the cache
+    return weights
 
 
 def resample(image: NDArray[np.generic], transform: Transform) -> F32:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -12,14 +14,15 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from edge.config import DicomConfig
+from edge.config import ConfigError, DicomConfig
 from edge.dicom.scp import OUT_OF_RESOURCES, STORAGE_CLASSES, SUCCESS, VERIFICATION, StorageScp
-from edge.dicom.spool import Spool
+from edge.dicom.spool import Arrival, Spool
 from tests.conftest import require_tool
 from tests.qc.conftest import fault_case, write_case
 from tools.demo import free_port
 
 STORESCU = Path("/usr/bin/storescu")  # DCMTK's, not the one pynetdicom installs into the venv
+OPENSSL = Path("/usr/bin/openssl")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_case(fault_case("ap", "cut_top", 61, size_px=512), tmp_path_factory.mktemp("scp"))
 
 
-def run_scp(spool: Spool, **changes: object) -> tuple[StorageScp, list[Path]]:
-    received: list[Path] = []
+def run_scp(spool: Spool, **changes: object) -> tuple[StorageScp, list[Arrival]]:
+    received: list[Arrival] = []
     settings = DicomConfig(bind="127.0.0.1", port=free_port(), allowed_calling_aets=("MODALITY",))
     settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
     scp = StorageScp(settings, spool, received.append)
@@ -36,7 +39,7 @@ def run_scp(spool: Spool, **changes: object) -> tuple[StorageScp, list[Path]]:
     return scp, received
 
 
-Running = tuple[StorageScp, list[Path], Spool]
+Running = tuple[StorageScp, list[Arrival], Spool]
 
 
 @pytest.fixture
@@ -47,12 +50,14 @@ def scp(tmp_path: Path) -> Iterator[Running]:
     server.stop()
 
 
-def send(port: int, path: Path, calling: str = "MODALITY", called: str = "EDGEQC") -> int | None:
+def send(
+    port: int, path: Path, calling: str = "MODALITY", called: str = "EDGEQC", tls: ssl.SSLContext | None = None
+) -> int | None:
     """C-STORE one file with pynetdicom; the status, or None when no association was established."""
     ae = AE(ae_title=calling)
     for sop_class in STORAGE_CLASSES:
         ae.add_requested_context(sop_class)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=(tls, "127.0.0.1") if tls else None)
     if not assoc.is_established:
         return None
     status = assoc.send_c_store(pydicom.dcmread(path))
@@ -63,8 +68,9 @@ def send(port: int, path: Path, calling: str = "MODALITY", called: str = "EDGEQC
 def test_store_spools_the_dataset_byte_for_byte_before_success(scp: Running, image: Path) -> None:
     server, received, spool = scp
     assert send(server.port, image) == SUCCESS
-    assert len(received) == 1 and spool.pending() == received
-    stored, original = pydicom.dcmread(received[0]), pydicom.dcmread(image)
+    assert len(received) == 1 and received[0].wait_spooled() and spool.pending() == [received[0].entry]
+    assert received[0].data is None  # the bytes were handed on only while the spool write ran
+    stored, original = pydicom.dcmread(received[0].entry), pydicom.dcmread(image)
     assert stored.SOPInstanceUID == original.SOPInstanceUID
     assert stored.PixelData == original.PixelData
     assert not list(spool.root.glob(".*.partial"))
@@ -113,7 +119,8 @@ def test_a_spool_that_cannot_write_answers_out_of_resources_at_once(tmp_path: Pa
     try:
         spool.root.rmdir()
         spool.root.write_text("not a directory any more")  # the disk is gone from under the spool
-        assert send(server.port, image) == OUT_OF_RESOURCES and received == []
+        assert send(server.port, image) == OUT_OF_RESOURCES
+        assert [arrival.wait_spooled() for arrival in received] == [False]  # the worker drops its verdict
     finally:
         server.stop()
 
@@ -127,3 +134,67 @@ def test_concurrent_senders_lose_nothing(scp: Running, image: Path) -> None:
     for t in threads:
         t.join()
     assert statuses == [SUCCESS] * 4 and len(spool.pending()) == 4 == len(received)
+    assert all(arrival.wait_spooled() for arrival in received)
+    assert sorted(arrival.entry for arrival in received) == spool.pending()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA with a server certificate for 127.0.0.1 and a client certificate (openssl CLI)."""
+    openssl = str(require_tool(OPENSSL, package="openssl"))
+    folder = tmp_path_factory.mktemp("pki")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=edge-qc test CA")  # fmt: skip
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=edge-qc test {name}")  # fmt: skip
+        (folder / f"{name}.ext").write_text(extension + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
+    return folder
+
+
+def client_tls(pki: Path, with_certificate: bool = True) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.crt"))
+    if with_certificate:
+        context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+    return context
+
+
+def test_dicom_tls_admits_only_senders_with_a_certificate_from_the_ca(pki: Path, image: Path, tmp_path: Path) -> None:
+    tls = {"tls_certfile": str(pki / "server.crt"), "tls_keyfile": str(pki / "server.key")}
+    server, received = run_scp(Spool(tmp_path / "spool"), **tls, tls_ca_certs=str(pki / "ca.crt"))
+    silent = socket.create_connection(("127.0.0.1", server.port))  # connects, never starts the handshake
+    try:
+        assert send(server.port, image, tls=client_tls(pki)) == SUCCESS  # the silent one does not stall accepting
+        assert send(server.port, image, tls=client_tls(pki, with_certificate=False)) is None  # mutual TLS
+        assert send(server.port, image) is None  # plain DICOM to the TLS port
+        storescu = require_tool(STORESCU)
+        proc = subprocess.run(
+            [str(storescu), "+tls", str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt"),
+             "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(server.port), str(image)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert len(received) == 2 and all(arrival.wait_spooled() for arrival in received)
+        assert send(server.port, image, tls=client_tls(pki)) == SUCCESS  # still serving after the refusals
+    finally:
+        silent.close()
+        server.stop()
+
+
+def test_dicom_tls_settings_are_checked_with_the_key_named(pki: Path) -> None:
+    from edge.config import parse_config
+
+    with pytest.raises(ConfigError, match=r"'dicom.tls_keyfile' is required"):
+        parse_config({"dicom": {"tls_certfile": str(pki / "server.crt")}})
+    with pytest.raises(ConfigError, match=r"'dicom.tls_ca_certs': no such file"):
+        parse_config({"dicom": {"tls_certfile": "server.crt", "tls_keyfile": "server.key", "tls_ca_certs": "x.crt"}},
+                     base_dir=pki)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"dicom.tls_certfile / dicom.tls_keyfile: cannot load"):
+        StorageScp(DicomConfig(tls_certfile=str(pki / "ca.crt"), tls_keyfile=str(pki / "server.key")),
+                   Spool(pki / "spool"), lambda arrival: None)  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,8 @@ from tests.dicom.test_scp import STORESCU
 from tests.mosquitto import Broker, Subscriber, wait_for
 from tests.qc.conftest import fault_case, write_case
 from tools.demo import free_port
+
+PROMTOOL = Path("/usr/bin/promtool")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def start_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.
 
 
 def check_endpoints(port: int) -> str:
-    """Scrape /metrics over HTTP (linted with promtool where installed); /healthz and /readyz answer."""
+    """Scrape /metrics over HTTP and lint it with promtool; /healthz and /readyz answer."""
     import urllib.request
 
     base = f"http://127.0.0.1:{port}"
@@ -92,10 +93,9 @@ def check_endpoints(port: int) -> str:
         assert r.status == 200 and r.read().strip() == b"ready"
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
         text = str(r.read().decode())
-    promtool = shutil.which("promtool")
-    if promtool:
-        lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
-        assert lint.returncode == 0, lint.stdout + lint.stderr
+    promtool = require_tool(PROMTOOL, package="prometheus")
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     return text
 
 

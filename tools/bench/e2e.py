@@ -102,12 +102,16 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
             f"[metrics]\nenabled = false\n"
         )
         arrivals: dict[str, list[float]] = {}
+        stages: dict[str, list[float]] = {}
         lock = threading.Lock()
 
         def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-            uid = json.loads(message.payload)["verdict"]["image"]["sop_instance_uid"]
+            verdict = json.loads(message.payload)["verdict"]
+            uid = verdict["image"]["sop_instance_uid"]
             with lock:
                 arrivals.setdefault(uid, []).append(time.perf_counter())
+                for stage, ms in verdict["timings_ms"].items():
+                    stages.setdefault(stage, []).append(ms)
 
         sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench")
         sub.on_connect = lambda c, u, f, r, p: c.subscribe("edgeqc/+/+/+/verdict", qos=1)
@@ -162,6 +166,8 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
         f"  overhead over the two floors: {100 * (e2e - floors) / floors:.0f} % (decode, preprocess, measure,"
         f" judge, spool fsync, outbox, MQTT)"
     )
+    medians = ", ".join(f"{stage} {statistics.median(ms):.0f} ms" for stage, ms in stages.items())
+    print(f"  inside the daemon, p50 per stage: {medians}")
     if sustained_minutes:
         growth = 100 * (rss_end - rss_start) / max(rss_start, 1)
         print(
