@@ -86,13 +86,36 @@ def _area_weights(n_in: int, n_out: int) -> F32:
     return weights
 
 
+def _area_average(image: F32, n_out: int, axis: int) -> F32:
+    """The average of `_area_weights` along `axis` without the dense product: sums over whole pixels
+    (one reduceat pass) plus and minus the fractional pixels at the span ends. Exact to float
+    rounding, single-threaded, and as fast as a two-thread BLAS product on a 2,500 px image, so
+    numpy's BLAS threads need not run (they spin after each product and starve ONNX Runtime)."""
+    n_in = image.shape[axis]
+    if n_in < 2 * n_out:  # mild shrinking or enlarging: spans may share pixels; the product is small
+        weights = _area_weights(n_in, n_out)
+        return np.asarray(weights @ image if axis == 0 else image @ weights.T, dtype=np.float32)
+    edges = np.arange(n_out + 1, dtype=np.float64) * (n_in / n_out)
+    whole = np.floor(edges).astype(np.intp)
+    fraction = (edges - whole).astype(np.float32)
+    sums = np.add.reduceat(image, whole[:-1], axis=axis)  # pixels whole[j] .. whole[j + 1] - 1
+    ends = np.take(image, np.minimum(whole, n_in - 1), axis=axis)  # the pixel each edge falls in
+    shape = [1, 1]
+    shape[axis] = n_out + 1
+    ends = ends * fraction.reshape(shape)  # the part of it left of the edge
+    if axis == 0:
+        sums += ends[1:] - ends[:-1]
+    else:
+        sums += ends[:, 1:] - ends[:, :-1]
+    return np.asarray(sums * np.float32(n_out / n_in), dtype=np.float32)
+
+
 def resample(image: NDArray[np.generic], transform: Transform) -> F32:
     """Area-resample an image-space array (pixels or a mask) into the padded network square."""
     valid_rows, valid_cols = transform.valid
-    a = _area_weights(transform.image_rows, transform.out_rows)
-    b = _area_weights(transform.image_cols, transform.out_cols)
+    columns = _area_average(np.asarray(image, dtype=np.float32), transform.out_cols, axis=1)  # the fast axis first
     out = np.zeros((transform.size, transform.size), dtype=np.float32)
-    out[valid_rows, valid_cols] = a @ np.asarray(image, dtype=np.float32) @ b.T
+    out[valid_rows, valid_cols] = _area_average(columns, transform.out_rows, axis=0)
     return out
 
 
