@@ -75,14 +75,16 @@ class Metrics:
         )
         self.end_to_end_seconds = Histogram(
             "edgeqc_end_to_end_seconds",
-            "From the dataset on disk to the broker's acknowledgement of its verdict",
+            "From the first PDU of the C-STORE to the broker's acknowledgement of its verdict",
             registry=r,
             buckets=STAGE_BUCKETS,
         )
         self.publish_seconds = Histogram(
             "edgeqc_publish_duration_seconds", "MQTT publish until PUBACK", registry=r, buckets=STAGE_BUCKETS
         )
-        self.received = Counter("edgeqc_images_received_total", "Datasets received and spooled", registry=r)
+        self.received = Counter(
+            "edgeqc_images_received_total", "Datasets received (C-STORE requests taken in)", registry=r
+        )
         self.rejected = Counter("edgeqc_images_rejected_total", "Inputs refused", ["reason"], registry=r)
         self.judged = Counter("edgeqc_images_judged_total", "Verdicts", ["view", "verdict"], registry=r)
         self.item_failures = Counter("edgeqc_item_failures_total", "Failed QC items", ["view", "item"], registry=r)

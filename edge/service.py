@@ -72,7 +72,6 @@ class Service:
             self.spool,
             self._arrived,
             lambda result: self.metrics.associations.labels(result).inc(),
-            lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(seconds),
         )
         versions = self.pipeline.versions
         self.metrics.model_info.labels(versions["model"], versions["engine"], versions["standard"]).set(1)
@@ -91,6 +90,10 @@ class Service:
         """Called in an association thread as a dataset arrives: queue it, holding the association
         while the queue is full (back-pressure on the sender, nothing dropped)."""
         self.metrics.received.inc()
+        self._enqueue(arrival)
+
+    def _enqueue(self, arrival: Arrival) -> None:
+        arrival.queued_at = time.perf_counter()
         self.queue.put(arrival)
 
     def _published(self, message: Message, seconds: float) -> None:
@@ -124,10 +127,12 @@ class Service:
 
     def _requeue(self, entries: list[Path]) -> None:
         for entry in entries:
-            self.queue.put(Arrival(entry, None))
+            self._enqueue(Arrival(entry, None))
 
-    def message(self, entry: Path, verdict: dict[str, Any]) -> tuple[str, bytes]:
-        message_id = f"{self.config.mqtt.device}-{entry.stem}"
+    def message(self, arrival: Arrival, verdict: dict[str, Any]) -> tuple[str, bytes]:
+        """The MQTT payload: the verdict, where it comes from, when its first byte arrived and how long
+        receiving, spooling and waiting took (the verdict's own timings cover decode to judge)."""
+        message_id = f"{self.config.mqtt.device}-{arrival.entry.stem}"
         image = verdict.get("image", {})
         if not self.config.mqtt.send_uids and isinstance(image, dict):
             image["sop_instance_uid"] = hashed_uid(str(image.get("sop_instance_uid", "")))
@@ -137,7 +142,8 @@ class Service:
             "site": self.config.mqtt.site,
             "room": self.config.mqtt.room,
             "device": self.config.mqtt.device,
-            "received_unix": int(entry.stem.split("-")[0]) / 1e9,
+            "received_unix": arrival.received_unix,
+            "timings_ms": {stage: round(seconds * 1000, 1) for stage, seconds in arrival.seconds.items()},
             "verdict": verdict,
         }
         return message_id, json.dumps(payload, allow_nan=False).encode()
@@ -149,6 +155,7 @@ class Service:
                 arrival = self.queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            arrival.seconds["queue"] = time.perf_counter() - arrival.queued_at
             entry, data = arrival.entry, arrival.data  # bytes while the spool write is under way, else read the entry
             try:
                 with self._pipeline_lock:
@@ -157,10 +164,12 @@ class Service:
                 if not arrival.wait_spooled():  # the modality heard "out of resources" and sends it again
                     log.warning("%s: not spooled, verdict discarded (the sender was told to retry)", entry.name)
                     continue
+                for stage, seconds in arrival.seconds.items():
+                    self.metrics.stage_seconds.labels(stage).observe(seconds)
                 self.metrics.degraded.set(1 if verdict.degraded else 0)
                 document = verdict.as_dict()
                 self.metrics.observe_verdict(document)
-                message_id, payload = self.message(entry, document)
+                message_id, payload = self.message(arrival, document)
                 self.outbox.put(self.topic, payload, message_id)
                 self.publisher.notify()
                 self.spool.remove(entry)

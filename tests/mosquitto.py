@@ -18,18 +18,23 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tools.demo import free_port
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
+# Started as root, Mosquitto drops to the "mosquitto" user, which cannot read a test's private temporary
+# files (certificates, password file, persistence); "user root" keeps it as it was started.
+RUN_AS_INVOKER = "user root\n"
 
 
 class Broker:
     """A Mosquitto on a loopback port that a test can stop and start again."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, persistent: bool = False) -> None:
+        """`persistent`: sessions and queued messages survive a restart (saved on a clean stop)."""
         if not MOSQUITTO.exists() and shutil.which("mosquitto") is None:
             pytest.skip("mosquitto not installed (apt-get install mosquitto)")
         self.binary = str(MOSQUITTO if MOSQUITTO.exists() else shutil.which("mosquitto"))
         self.port = free_port()
         self.config = folder / "mosquitto.conf"
-        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        persistence = f"persistence true\npersistence_location {folder}/\n" if persistent else "persistence false\n"
+        self.config.write_text(f"{RUN_AS_INVOKER}listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -53,10 +58,15 @@ class Broker:
 class Subscriber:
     """Collects every message on a topic filter, resubscribing after a broker restart."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, persistent_session: bool = False) -> None:
+        """`persistent_session`: the broker keeps what arrives while this subscriber is away (QoS 1)."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="test-subscriber")
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id="test-subscriber",
+            clean_session=not persistent_session,
+        )
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)

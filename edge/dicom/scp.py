@@ -34,6 +34,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -118,13 +119,12 @@ class StorageScp:
         spool: Spool,
         on_arrival: Callable[[Arrival], None],
         on_association: Callable[[str], None] | None = None,
-        on_timing: Callable[[str, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.on_arrival = on_arrival  # may block while the queue is full: back-pressure on the sender
         self.on_association = on_association  # "accepted" / "rejected"
-        self.on_timing = on_timing  # ("spool", seconds) per dataset
+        self._first_pdu: dict[int, tuple[float, int]] = {}  # association -> when its current message began
         ae = AE(ae_title=settings.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
@@ -137,11 +137,24 @@ class StorageScp:
         self._tls = server_tls(settings)
         self._server: ThreadedAssociationServer | None = None
 
+    def _on_pdu(self, event: Any) -> None:
+        """Note when the first P-DATA PDU of a message arrives: the start of receiving it."""
+        if isinstance(event.pdu, P_DATA_TF):
+            self._first_pdu.setdefault(id(event.assoc), (time.perf_counter(), time.time_ns()))
+
+    def _message_began(self, event: Any) -> tuple[float, int]:
+        return self._first_pdu.pop(id(event.assoc), None) or (time.perf_counter(), time.time_ns())
+
+    def _on_echo(self, event: Any) -> int:
+        self._message_began(event)
+        return SUCCESS
+
     def _on_store(self, event: Any) -> int:
         """Hand the dataset on first, then make it durable: judging starts while the fsync runs, and
         "success" goes back only once the entry is on disk."""
+        began, began_ns = self._message_began(event)
         data = event.encoded_dataset(include_meta=True)
-        arrival = Arrival(self.spool.reserve(), data)
+        arrival = Arrival(self.spool.reserve(began_ns), data, {"receive": time.perf_counter() - began})
         self.on_arrival(arrival)
         started = time.perf_counter()
         try:
@@ -150,13 +163,17 @@ class StorageScp:
             arrival.settle(spooled=False)
             log.error("spool write failed (%s): answering out of resources", exc.strerror or exc)
             return OUT_OF_RESOURCES
+        arrival.seconds["spool"] = time.perf_counter() - started
         arrival.settle(spooled=True)
-        if self.on_timing is not None:
-            self.on_timing("spool", time.perf_counter() - started)
         return SUCCESS
 
     def start(self) -> None:
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_CONN_CLOSE, self._message_began),  # forget a message an aborted association left
+        ]
         if self.on_association is not None:
             report = self.on_association
             handlers += [(evt.EVT_ACCEPTED, lambda event: report("accepted"))]

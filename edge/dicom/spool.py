@@ -21,15 +21,23 @@ from pathlib import Path
 class Arrival:
     """A received dataset: its spool entry, its bytes while the spool write is under way (None once
     the entry is on disk: the worker then reads the entry, so the queue never holds images in memory),
-    and whether the entry became durable."""
+    whether the entry became durable, and how long receiving and spooling took (seconds; unknown for
+    an entry recovered after a restart)."""
 
-    def __init__(self, entry: Path, data: bytes | None) -> None:
+    def __init__(self, entry: Path, data: bytes | None, seconds: dict[str, float] | None = None) -> None:
         self.entry = entry
         self.data = data
+        self.seconds: dict[str, float] = dict(seconds or {})  # "receive", "spool", then "queue"
+        self.queued_at = 0.0  # perf_counter() when it joined the worker's queue
         self.spooled = data is None  # an arrival without bytes is an entry already on disk
         self._settled = threading.Event()
         if data is None:
             self._settled.set()
+
+    @property
+    def received_unix(self) -> float:
+        """When the first byte of the dataset arrived: the entry's name records it."""
+        return int(self.entry.stem.split("-")[0]) / 1e9
 
     def settle(self, spooled: bool) -> None:
         self.spooled = spooled
@@ -52,10 +60,11 @@ class Spool:
         for leftover in root.glob(".*.partial"):  # a write that a crash interrupted: never acknowledged
             leftover.unlink()
 
-    def reserve(self) -> Path:
-        """The name the next entry will have: arrival time, then a counter (sorting is arrival order)."""
+    def reserve(self, received_ns: int | None = None) -> Path:
+        """The name of the next entry: when its first byte arrived (ns since the epoch; default now),
+        then a counter, so sorting is arrival order and the time survives a restart."""
         with self._lock:
-            return self.root / f"{time.time_ns():020d}-{next(self._counter):06d}.dcm"
+            return self.root / f"{received_ns or time.time_ns():020d}-{next(self._counter):06d}.dcm"
 
     def commit(self, entry: Path, data: bytes) -> None:
         """Write `data` as `entry`, durably: after a crash the entry is whole or absent."""

@@ -22,7 +22,6 @@ from tests.qc.conftest import fault_case, write_case
 from tools.demo import free_port
 
 STORESCU = Path("/usr/bin/storescu")  # DCMTK's, not the one pynetdicom installs into the venv
-OPENSSL = Path("/usr/bin/openssl")
 
 
 @pytest.fixture(scope="module")
@@ -136,26 +135,6 @@ def test_concurrent_senders_lose_nothing(scp: Running, image: Path) -> None:
     assert statuses == [SUCCESS] * 4 and len(spool.pending()) == 4 == len(received)
     assert all(arrival.wait_spooled() for arrival in received)
     assert sorted(arrival.entry for arrival in received) == spool.pending()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A test CA with a server certificate for 127.0.0.1 and a client certificate (openssl CLI)."""
-    openssl = str(require_tool(OPENSSL, package="openssl"))
-    folder = tmp_path_factory.mktemp("pki")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=folder, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=edge-qc test CA")  # fmt: skip
-    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN=edge-qc test {name}")  # fmt: skip
-        (folder / f"{name}.ext").write_text(extension + "\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
-    return folder
 
 
 def client_tls(pki: Path, with_certificate: bool = True) -> ssl.SSLContext:

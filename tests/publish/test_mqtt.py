@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 from edge.publish.mqtt import BrokerSettings, Publisher
 from edge.publish.outbox import Outbox
-from tests.mosquitto import Broker, Subscriber, wait_for
+from tests.conftest import require_tool
+from tests.mosquitto import RUN_AS_INVOKER, Broker, Subscriber, wait_for
+from tools.demo import free_port
+
+MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
 
 
 def queue(outbox: Outbox, first: int, count: int) -> None:
@@ -64,3 +69,52 @@ def test_the_outbox_survives_a_restart(tmp_path: Path) -> None:
     assert [m.message_id for m in second.pending()] == ["m000", "m001", "m002"]
     second.remove(second.pending()[0].row)
     assert second.depth() == 2
+
+
+def tls_broker(folder: Path, pki: Path) -> tuple[Broker, int]:
+    """Mosquitto with a TLS listener that wants a client certificate from the test CA and a password,
+    and a plain loopback listener for the test's subscriber."""
+    broker = Broker(folder)
+    tls_port = free_port()
+    subprocess.run([str(MOSQUITTO_PASSWD), "-b", "-c", str(folder / "passwd"), "edgeqc", "s3cret"], check=True)
+    broker.config.write_text(
+        f"{RUN_AS_INVOKER}per_listener_settings true\n"
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous true\n"
+        f"listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {folder / 'passwd'}\n"
+        f"cafile {pki / 'ca.crt'}\ncertfile {pki / 'server.crt'}\nkeyfile {pki / 'server.key'}\n"
+        f"require_certificate true\ntls_version tlsv1.2\n"
+    )
+    broker.start()
+    return broker, tls_port
+
+
+def test_tls_with_client_certificate_and_password(tmp_path: Path, pki: Path) -> None:
+    require_tool(MOSQUITTO_PASSWD, package="mosquitto")
+    broker, tls_port = tls_broker(tmp_path, pki)
+    subscriber = Subscriber(broker.port, "edgeqc/+/+/+/verdict")
+    def settings(password: str) -> BrokerSettings:
+        return BrokerSettings(
+            port=tls_port,
+            username="edgeqc",
+            password=password,
+            ca_certs=str(pki / "ca.crt"),
+            certfile=str(pki / "client.crt"),
+            keyfile=str(pki / "client.key"),
+        )
+
+    wrong = Publisher(Outbox(tmp_path / "wrong.sqlite"), settings("guess"))
+    right = Publisher(Outbox(tmp_path / "right.sqlite"), settings("s3cret"))
+    try:
+        queue(wrong.outbox, 0, 2)
+        queue(right.outbox, 10, 2)
+        wrong.start()
+        right.start()
+        assert wait_for(lambda: {p["n"] for p in subscriber.payloads("verdict")} == {10, 11})
+        assert right.outbox.depth() == 0
+        time.sleep(1.0)
+        assert not wrong.connected.is_set() and wrong.outbox.depth() == 2  # refused, and nothing lost
+    finally:
+        wrong.stop()
+        right.stop()
+        subscriber.close()
+        broker.stop()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +19,7 @@ import pytest
 from edge.publish.outbox import Outbox
 from edge.qc.verdict import schema
 from tests.conftest import require_tool
+from tests.dicom.test_decode import PYDICOM_FILES
 from tests.dicom.test_scp import STORESCU
 from tests.mosquitto import Broker, Subscriber, wait_for
 from tests.qc.conftest import fault_case, write_case
@@ -99,6 +101,17 @@ def check_endpoints(port: int) -> str:
     return text
 
 
+def readiness(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+            return int(r.status), r.read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode().strip()
+
+
 def store(port: int, *files: Path) -> None:
     storescu = require_tool(STORESCU)
     proc = subprocess.run(
@@ -138,6 +151,10 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         assert 'edgeqc_associations_total{result="accepted"} 1.0' in scrape
         assert "edgeqc_end_to_end_seconds_count 3.0" in scrape
         assert 'edgeqc_stage_duration_seconds_count{stage="infer"} 3.0' in scrape
+        for stage in ("receive", "spool", "queue"):  # the transport stages, in the metrics and in every payload
+            assert f'edgeqc_stage_duration_seconds_count{{stage="{stage}"}} 3.0' in scrape
+            assert all(0 <= m["timings_ms"][stage] < 60_000 for m in messages)  # type: ignore[index]
+        assert all(abs(m["received_unix"] - time.time()) < 600 for m in messages)  # type: ignore[operator]
         assert 'edgeqc_stage_duration_seconds_count{stage="spool"} 3.0' in scrape
         assert "edgeqc_outbox_depth 0.0" in scrape and "edgeqc_degraded 0.0" in scrape
         assert 'edgeqc_item_failures_total{item="upper_coverage",view="ap"}' in scrape
@@ -250,3 +267,76 @@ def test_a_burst_larger_than_the_queue_is_held_back_not_lost(
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
     subscriber.close()
+
+
+def test_bad_inputs_get_a_failure_status_or_a_reasoned_verdict_and_serving_goes_on(
+    broker: Broker, studies: dict[str, Path], tmp_path: Path
+) -> None:
+    """An MR (a storage class we do not take) is refused at once; a DX with truncated pixel data, an RGB
+    secondary capture and a CR chest are judged "rejected" / "indeterminate" with the reason; then a
+    good study still gets its verdict."""
+    store_ = pytest.importorskip("data_store", reason="pydicom-data holds the CR chest")
+    truncated = pydicom.dcmread(studies["ap-cut"])
+    truncated.PixelData = truncated.PixelData[: len(truncated.PixelData) // 2]
+    truncated.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    truncated.save_as(tmp_path / "truncated.dcm")
+    config, port = site_config(tmp_path, broker.port)
+    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
+    daemon = start_daemon(config)
+    try:
+        storescu = require_tool(STORESCU)
+        mr = subprocess.run(
+            [str(storescu), "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port),
+             str(PYDICOM_FILES / "MR_small.dcm")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert mr.returncode != 0 and "presentation context" in (mr.stdout + mr.stderr).lower()
+        data = Path(store_.__file__).parent / "data"
+        store(port, tmp_path / "truncated.dcm", data / "SC_rgb.dcm", data / "RG1_UNCR.dcm")  # RG1: a CR chest
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 3, timeout=60)
+        verdicts = [m["verdict"] for m in subscriber.payloads("verdict")]
+        outcomes = {(v["verdict"], v["reason_code"]) for v in verdicts}  # type: ignore[index]
+        assert outcomes == {
+            ("rejected", "undecodable"),
+            ("rejected", "not_greyscale"),
+            ("indeterminate", "not_lumbar_spine"),
+        }
+        for m in subscriber.payloads("verdict"):
+            jsonschema.validate(m["verdict"], schema())
+            assert m["verdict"]["reason"]  # type: ignore[index]
+        store(port, studies["obl-under"])
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 4, timeout=60)
+        assert subscriber.payloads("verdict")[-1]["verdict"]["view"]["judged"] == "oblique"  # type: ignore[index]
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    subscriber.close()
+
+
+def test_verdicts_made_while_the_broker_is_down_arrive_when_it_returns(
+    studies: dict[str, Path], tmp_path: Path
+) -> None:
+    broker = Broker(tmp_path, persistent=True)  # so the subscriber's session outlives the restart
+    broker.start()
+    config, port = site_config(tmp_path, broker.port)
+    metrics_port = int(config.read_text().split("[metrics]\nport = ")[1].split()[0])
+    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict", persistent_session=True)
+    daemon = start_daemon(config)
+    try:
+        store(port, studies["ap-cut"])
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) == 1, timeout=60)
+        broker.stop()
+        store(port, studies["lat-tilt"], studies["obl-under"])  # judged while nobody can hear
+        assert wait_for(lambda: Outbox(tmp_path / "outbox.sqlite").depth() == 2, timeout=60)
+        assert wait_for(lambda: readiness(metrics_port) == (503, "broker not connected"))
+        broker.start()
+        assert wait_for(lambda: len({m["message_id"] for m in subscriber.payloads("verdict")}) == 3, timeout=60)
+        judged = [m["verdict"]["view"]["judged"] for m in subscriber.payloads("verdict")]  # type: ignore[index]
+        assert list(dict.fromkeys(judged)) == ["ap", "lateral", "oblique"]  # in order (at-least-once)
+        assert wait_for(lambda: readiness(metrics_port) == (200, "ready"))
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+        subscriber.close()
+        broker.stop()
