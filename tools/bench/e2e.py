@@ -106,12 +106,12 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
         lock = threading.Lock()
 
         def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-            verdict = json.loads(message.payload)["verdict"]
-            uid = verdict["image"]["sop_instance_uid"]
+            payload = json.loads(message.payload)
+            uid = payload["verdict"]["image"]["sop_instance_uid"]
             with lock:
                 arrivals.setdefault(uid, []).append(time.perf_counter())
-                for stage, ms in verdict["timings_ms"].items():
-                    stages.setdefault(stage, []).append(ms)
+                for stage, ms in {**payload["timings_ms"], **payload["verdict"]["timings_ms"]}.items():
+                    stages.setdefault(stage, []).append(ms)  # receive, spool, queue; then decode .. judge
 
         sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench")
         sub.on_connect = lambda c, u, f, r, p: c.subscribe("edgeqc/+/+/+/verdict", qos=1)
