@@ -5,6 +5,8 @@
     edge-qc engine list|activate VERSION|rollback [--root ENGINES_DIR]
     edge-qc engine validate MODEL_DIR [--precision fp32|fp16] [--write]
     edge-qc engine build MODEL_DIR [--out DIR] [--precision fp16|fp32] [--workspace-mib N]
+    edge-qc config-check SITE.toml
+    edge-qc probe --config SITE.toml IMAGE.dcm --expect pass|fail|indeterminate|rejected [--expect-item ITEM ...]
 
 Exit status: 0 every image passed, 1 at least one failed, was indeterminate or was rejected,
 2 the command itself could not run (bad configuration, missing model, unreadable file).
@@ -20,6 +22,7 @@ from pathlib import Path
 from edge.config import ConfigError, load_config
 from edge.engines.manifest import ManifestError, ModelManifest
 from edge.inference.backend import BackendUnavailableError
+from edge.probe import add_arguments as add_probe_arguments
 
 
 def _overlay_path(base: Path, index: int, count: int, source: Path) -> Path:
@@ -229,6 +232,17 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_check(args: argparse.Namespace) -> int:
+    """Load and validate a configuration without using it (Ansible's `validate:` before a file is put in place)."""
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        print(f"edge-qc: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: configuration valid")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-qc", description="Lumbar-spine radiograph quality control.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,11 +266,21 @@ def main(argv: list[str] | None = None) -> int:
     p_engine.add_argument(
         "--root", type=Path, default=Path("engines/lumbar-resunet"), help="engines directory (default: %(default)s)"
     )
+    p_config_check = sub.add_parser("config-check", help="validate a site configuration; exit 2 naming a bad key")
+    p_config_check.add_argument("file", type=Path, metavar="SITE.toml")
+    p_probe = sub.add_parser("probe", help="health gate: a known image through the running daemon, verdict checked")
+    add_probe_arguments(p_probe)
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args)
     if args.command == "serve":
         return serve(args)
+    if args.command == "config-check":
+        return config_check(args)
+    if args.command == "probe":
+        from edge.probe import main as probe
+
+        return probe(args)
     if args.command == "engine":
         if args.action == "activate" and not args.version:
             parser.error("engine activate needs a VERSION")
