@@ -36,6 +36,8 @@ class Corrupted:
             masks[0, 0, 0] = np.nan
         elif self.how == "pedicles":  # one structure lost: a saturated sigmoid in FP16
             masks[STRUCTURES.index("pedicle_left")] = 0.0
+        elif self.how == "blind":  # a model that sees nothing (it agrees with itself perfectly)
+            masks[:] = 0.0
         return ModelOutputs(masks, out.view)
 
     def warm_up(self, runs: int = 3) -> None:
@@ -54,6 +56,16 @@ def test_fp32_against_itself_agrees_exactly() -> None:
     report = validate(manifest, backend, backend, load_standard())
     assert report.passed and report.images == 6
     assert set(report.dice_agreement.values()) == {1.0} and report.verdict_agreement == 1.0
+    assert 0.85 <= report.truth_dice <= 0.9 and report.truth_view_accuracy == 1.0  # 0.863 measured
+
+
+def test_a_model_that_agrees_with_itself_but_sees_nothing_is_refused() -> None:
+    manifest = load_manifest(MODEL)
+    blind = Corrupted("blind")
+    report = validate(manifest, blind, blind, load_standard())
+    assert set(report.dice_agreement.values()) <= {1.0}  # perfect agreement, nothing to compare...
+    assert not report.passed and report.truth_dice == 0.0
+    assert any("against the phantom truth" in p for p in report.problems), report.problems
 
 
 @pytest.mark.parametrize(("how", "problem"), [("nan", "NaN or Inf"), ("pedicles", "pedicle_left")])

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge.qc.structures import STRUCTURES
 from tests.mosquitto import Broker, Subscriber, wait_for
 from tools.demo import free_port
 
@@ -292,21 +293,26 @@ def test_rollback_goes_back_under_the_gate_and_a_second_run_changes_nothing(stag
 
 
 def test_a_model_that_fails_the_health_gate_is_rolled_back(staging: Staging) -> None:
-    """A blind segmentation head (zero weights): FP16 and FP32 agree, so validation passes, but the
-    daemon finds no exposed field and says indeterminate: the gate fails and the host rolls back."""
-    blind = derived_model(
-        MODELS / "0.2.0",
-        staging.folder,
-        "0.2.2-blind",
-        lambda n, a: np.zeros_like(a) if n.startswith("model.head.") else a,
-    )
+    """A model blind to one structure (the articular processes: the oblique view's "Scotty dog"): FP16
+    agrees with FP32 and the other 17 structures still segment the validation phantoms, so validation
+    passes; but the daemon judges the oblique health image on other items than expected: the gate
+    fails and the host rolls back."""
+    facets = STRUCTURES.index("articular_process")
+
+    def blind_to_facets(name: str, array: np.ndarray) -> np.ndarray:
+        if name in ("model.head.weight", "model.head.bias"):
+            array = array.copy()
+            array[facets] = 0.0 if name.endswith("weight") else -20.0  # sigmoid(-20): never there
+        return array
+
+    blind = derived_model(MODELS / "0.2.0", staging.folder, "0.2.2-blind", blind_to_facets)
     run = staging.playbook("rollout.yml", "-e", f"engine_rollout_model_dir={blind}")
     print(run.recap)
     assert run.rc != 0 and run.failed == 1, run.output[-4000:]
     assert "0.2.2-blind failed the health gate on room1" in run.output
     assert "rolled back, current is 0.1.0" in run.output
     failure = run.output.split("TASK [engine_rollout : Fail the host]")[1]
-    assert '"result": "mismatched"' in failure and '"got": {"verdict": "indeterminate"' in failure
+    assert '"result": "mismatched"' in failure and "expected ['facet_joints', 'obliquity']" in failure
     assert staging.pointer("current") == "0.1.0" and staging.pointer("previous") == "0.2.2-blind"
     assert staging.verdicts_from("0.2.2-blind")  # the daemon really served it before the rollback
 
