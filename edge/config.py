@@ -65,6 +65,9 @@ class DicomConfig:
     port: int = 11112
     allowed_calling_aets: tuple[str, ...] = ()  # empty: nobody may store (unknown senders refused)
     allowed_addresses: tuple[str, ...] = ()  # empty: any address (the calling AE title still has to match)
+    # Calling AE titles of health probes (`edge-qc probe`): their verdicts are marked "probe" and kept out
+    # of the clinical counts. They must also be on allowed_calling_aets to be let in at all.
+    probe_calling_aets: tuple[str, ...] = ("EDGEQC-PROBE",)
     max_associations: int = 4
     max_pdu_bytes: int = 262144  # larger PDUs cut the receive time of a 12 MB image (fewer, bigger reads)
     tls_certfile: str = ""  # DICOM TLS when set: this appliance's certificate (PEM), with tls_keyfile

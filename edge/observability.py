@@ -87,6 +87,9 @@ class Metrics:
         )
         self.rejected = Counter("edgeqc_images_rejected_total", "Inputs refused", ["reason"], registry=r)
         self.judged = Counter("edgeqc_images_judged_total", "Verdicts", ["view", "verdict"], registry=r)
+        self.probes = Counter(
+            "edgeqc_probes_total", "Health-probe images judged (not in the clinical counts)", ["verdict"], registry=r
+        )
         self.item_failures = Counter("edgeqc_item_failures_total", "Failed QC items", ["view", "item"], registry=r)
         self.publish_failures = Counter("edgeqc_publish_failures_total", "Publishes not acknowledged", registry=r)
         self.associations = Counter("edgeqc_associations_total", "DICOM associations", ["result"], registry=r)
@@ -94,6 +97,9 @@ class Metrics:
             "edgeqc_deviation_index", "Exposure deviation index per view", ["view"], registry=r, buckets=DI_BUCKETS
         )
         self.degraded = Gauge("edgeqc_degraded", "1 when judging with the fallback backend", registry=r)
+        self.activation_failed = Gauge(
+            "edgeqc_activation_failed", "1 while the last engine activation failed (the previous serves)", registry=r
+        )
         self.model_info = Gauge(
             "edgeqc_model_info", "The running model and engine", ["model", "engine", "standard"], registry=r
         )
@@ -101,11 +107,15 @@ class Metrics:
         self.outbox_depth = Gauge("edgeqc_outbox_depth", "Verdicts waiting for the broker", registry=r)
         r.register(JetsonHealth(sysfs_root))
 
-    def observe_verdict(self, verdict: dict[str, Any]) -> None:
-        """Count one verdict (the JSON of edge.qc.verdict) where it is made."""
+    def observe_verdict(self, verdict: dict[str, Any], probe: bool = False) -> None:
+        """Count one verdict (the JSON of edge.qc.verdict) where it is made; a health probe's verdict
+        only as a probe, so that rollouts do not move a room's reject rates or exposure figures."""
         for stage, ms in verdict.get("timings_ms", {}).items():
             self.stage_seconds.labels(stage).observe(ms / 1000.0)
         outcome = str(verdict.get("verdict", ""))
+        if probe:
+            self.probes.labels(outcome).inc()
+            return
         if outcome == "rejected":
             self.rejected.labels(str(verdict.get("reason_code") or "unknown")).inc()
             return

@@ -163,7 +163,7 @@ def run_probe(
     config_path: Path, image: Path, expectation: Expectation, calling_aet: str | None, timeout_s: float
 ) -> int:
     """Probe once, print the JSON summary, return the exit status. Without `calling_aet` the probe calls
-    as the first of the configuration's allowed calling AE titles (the daemon refuses anyone else)."""
+    as the configuration's first probe AE title (which must also be an allowed calling AE title)."""
     from edge.config import ConfigError, load_config
     from edge.service import hashed_uid
 
@@ -179,7 +179,7 @@ def run_probe(
         listener.start(timeout_s)
         listener.expect(uid if mqtt.send_uids else hashed_uid(uid))
         if calling_aet is None:
-            calling_aet = dicom.allowed_calling_aets[0] if dicom.allowed_calling_aets else DEFAULT_CALLING_AET
+            calling_aet = dicom.probe_calling_aets[0] if dicom.probe_calling_aets else DEFAULT_CALLING_AET
         host = "127.0.0.1" if dicom.bind in ("0.0.0.0", "") else "::1" if dicom.bind == "::" else dicom.bind
         c_store(dataset, host, dicom.port, dicom.ae_title, calling_aet, max(deadline - time.monotonic(), 1.0))
         verdict = listener.wait(max(deadline - time.monotonic(), 0.0))
@@ -236,7 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-degraded", action="store_true", help="accept a verdict marked degraded (fallback)")
     parser.add_argument(
         "--calling-aet",
-        help=f"calling AE title (default: the first of dicom.allowed_calling_aets, else {DEFAULT_CALLING_AET})",
+        help=f"calling AE title (default: the first of dicom.probe_calling_aets, else {DEFAULT_CALLING_AET})",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole probe (default 60)")
 

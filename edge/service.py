@@ -73,8 +73,8 @@ class Service:
             self._arrived,
             lambda result: self.metrics.associations.labels(result).inc(),
         )
-        versions = self.pipeline.versions
-        self.metrics.model_info.labels(versions["model"], versions["engine"], versions["standard"]).set(1)
+        self._announced: dict[str, str] = {}
+        self._follow_activation()
         self.metrics.queue_depth.set_function(self.queue.qsize)
         self.metrics.outbox_depth.set_function(self.outbox.depth)
         self.http: MetricsServer | None = None
@@ -144,9 +144,25 @@ class Service:
             "device": self.config.mqtt.device,
             "received_unix": arrival.received_unix,
             "timings_ms": {stage: round(seconds * 1000, 1) for stage, seconds in arrival.seconds.items()},
+            "probe": arrival.probe,  # a health probe's image (edge-qc probe), not a patient's: displays ignore it
             "verdict": verdict,
         }
         return message_id, json.dumps(payload, allow_nan=False).encode()
+
+    def _follow_activation(self) -> None:
+        """In the worker, between images: pick up an engine activation now (loaded and warmed beside the
+        running version) rather than with the next radiograph, and say which version serves."""
+        self.pipeline.check_activation()
+        self.metrics.activation_failed.set(1 if self.pipeline.problem else 0)
+        versions = self.pipeline.versions
+        if versions == self._announced:
+            return
+        if self._announced:
+            log.info("now serving %s", self.pipeline.serving)
+            self.publisher.announce({"versions": versions})
+        self._announced = dict(versions)
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(versions["model"], versions["engine"], versions["standard"]).set(1)
 
     def _work(self) -> None:
         while not self._stopping.is_set() or not self.queue.empty():
@@ -154,6 +170,8 @@ class Service:
             try:
                 arrival = self.queue.get(timeout=0.2)
             except queue.Empty:
+                with self._pipeline_lock:
+                    self._follow_activation()
                 continue
             arrival.seconds["queue"] = time.perf_counter() - arrival.queued_at
             entry, data = arrival.entry, arrival.data  # bytes while the spool write is under way, else read the entry
@@ -168,7 +186,7 @@ class Service:
                     self.metrics.stage_seconds.labels(stage).observe(seconds)
                 self.metrics.degraded.set(1 if verdict.degraded else 0)
                 document = verdict.as_dict()
-                self.metrics.observe_verdict(document)
+                self.metrics.observe_verdict(document, probe=arrival.probe)
                 message_id, payload = self.message(arrival, document)
                 self.outbox.put(self.topic, payload, message_id)
                 self.publisher.notify()
@@ -192,10 +210,8 @@ class Service:
             candidate = ReloadingPipeline(config)  # loads and warms up beside the running pipeline
             with self._pipeline_lock:
                 old, self.pipeline = self.pipeline, candidate
+                self._follow_activation()
             old.close()
-            versions = candidate.versions
-            self.metrics.model_info.clear()
-            self.metrics.model_info.labels(versions["model"], versions["engine"], versions["standard"]).set(1)
         self.config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in restart})
         return [f"'{name}' changed: takes effect after a restart" for name in restart]
 

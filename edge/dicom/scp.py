@@ -154,7 +154,8 @@ class StorageScp:
         "success" goes back only once the entry is on disk."""
         began, began_ns = self._message_began(event)
         data = event.encoded_dataset(include_meta=True)
-        arrival = Arrival(self.spool.reserve(began_ns), data, {"receive": time.perf_counter() - began})
+        probe = str(event.assoc.requestor.ae_title).strip() in self.settings.probe_calling_aets
+        arrival = Arrival(self.spool.reserve(began_ns, probe), data, {"receive": time.perf_counter() - began})
         self.on_arrival(arrival)
         started = time.perf_counter()
         try:

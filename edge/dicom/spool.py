@@ -16,6 +16,9 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Final
+
+PROBE_SUFFIX: Final = ".probe.dcm"
 
 
 class Arrival:
@@ -33,6 +36,11 @@ class Arrival:
         self._settled = threading.Event()
         if data is None:
             self._settled.set()
+
+    @property
+    def probe(self) -> bool:
+        """A health probe's image (the entry's name records it, so it survives a restart)."""
+        return self.entry.name.endswith(PROBE_SUFFIX)
 
     @property
     def received_unix(self) -> float:
@@ -60,11 +68,13 @@ class Spool:
         for leftover in root.glob(".*.partial"):  # a write that a crash interrupted: never acknowledged
             leftover.unlink()
 
-    def reserve(self, received_ns: int | None = None) -> Path:
+    def reserve(self, received_ns: int | None = None, probe: bool = False) -> Path:
         """The name of the next entry: when its first byte arrived (ns since the epoch; default now),
-        then a counter, so sorting is arrival order and the time survives a restart."""
+        then a counter, so sorting is arrival order and the time survives a restart; a probe's entry
+        says so."""
+        suffix = PROBE_SUFFIX if probe else ".dcm"
         with self._lock:
-            return self.root / f"{received_ns or time.time_ns():020d}-{next(self._counter):06d}.dcm"
+            return self.root / f"{received_ns or time.time_ns():020d}-{next(self._counter):06d}{suffix}"
 
     def commit(self, entry: Path, data: bytes) -> None:
         """Write `data` as `entry`, durably: after a crash the entry is whole or absent."""

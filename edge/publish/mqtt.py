@@ -55,6 +55,7 @@ class Publisher:
         self.failures = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._birth = dict(settings.birth)
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=settings.client_id)
         client.will_set(settings.status_topic, self._status("offline"), qos=1, retain=True)
         if settings.username is not None:
@@ -68,7 +69,14 @@ class Publisher:
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
 
     def _status(self, state: str) -> bytes:
-        return json.dumps({"state": state, **(self.settings.birth if state == "online" else {})}).encode()
+        return json.dumps({"state": state, **(self._birth if state == "online" else {})}).encode()
+
+    def announce(self, birth: dict[str, Any]) -> None:
+        """New facts for the retained "online" status (e.g. versions after an engine activation): sent
+        now when connected, and with every later connection."""
+        self._birth = dict(birth)
+        if self.connected.is_set():
+            self._client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if getattr(reason, "is_failure", False):

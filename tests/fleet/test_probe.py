@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pydicom
 import pytest
 
 from edge.cli import main
-from tests.mosquitto import Broker
+from tests.mosquitto import Broker, Subscriber, wait_for
 from tests.service.test_serve import site_config, start_daemon
 
 HEALTH = Path(__file__).resolve().parents[2] / "engines" / "health"
@@ -67,15 +68,43 @@ def test_every_health_image_gets_its_expected_verdict_through_the_daemon(
         assert str(original.PatientName) not in text and str(original.PatientID) not in text
 
 
-def test_each_probe_is_a_new_image(
+def test_each_probe_is_a_new_image_marked_as_a_probe(
     daemon: tuple[Path, subprocess.Popen[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two probes with the same file both get their own verdict (a fresh SOP Instance UID each time)."""
+    """Two probes with the same file both get their own verdict (a fresh SOP Instance UID each time);
+    their payloads say "probe" and they are counted as probes, not as the room's images."""
     config, _ = daemon
+    subscriber = Subscriber(broker_port(config), "edgeqc/h1/xr2/jetson7/verdict")
+    before = scrape(config)
     image = HEALTH / "ap-good.dcm"
     for _ in range(2):
         code, summary = probe(capsys, "--config", config, image, "--expect", "pass")
         assert code == 0 and summary["result"] == "matched"
+    assert wait_for(lambda: len(subscriber.payloads("verdict")) == 2)
+    assert all(m["probe"] is True for m in subscriber.payloads("verdict"))
+    subscriber.close()
+    after = scrape(config)
+    probes, clinical = 'edgeqc_probes_total{verdict="pass"}', 'edgeqc_images_judged_total{verdict="pass",view="ap"}'
+    assert counter(after, probes) - counter(before, probes) == 2
+    assert counter(after, clinical) == counter(before, clinical)  # a rollout does not move the room's figures
+
+
+def broker_port(config: Path) -> int:
+    return int(config.read_text().split("[mqtt]\nport = ")[1].split()[0])
+
+
+def scrape(config: Path) -> str:
+    port = int(config.read_text().split("[metrics]\nport = ")[1].split()[0])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def counter(text: str, sample: str) -> float:
+    """A sample's value in an exposition (0 when it has not appeared yet)."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_a_different_verdict_exits_1_and_says_what_came(

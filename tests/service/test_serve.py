@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,7 +49,7 @@ threads = 1
 ae_title = "EDGEQC"
 bind = "127.0.0.1"
 port = {port}
-allowed_calling_aets = ["MODALITY"]
+allowed_calling_aets = ["MODALITY", "EDGEQC-PROBE"]
 [mqtt]
 port = {broker_port}
 site = "h1"
@@ -135,6 +136,7 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         assert len({m["message_id"] for m in messages}) == 3
         assert {m["verdict"]["view"]["judged"] for m in messages} == {"ap", "lateral", "oblique"}  # type: ignore[index]
         assert all(m["verdict"]["verdict"] == "fail" for m in messages)  # type: ignore[index]
+        assert all(m["probe"] is False for m in messages)  # a modality's images, not health probes
         for m in messages:
             jsonschema.validate(m["verdict"], schema())
         text = json.dumps(messages)
@@ -340,3 +342,54 @@ def test_verdicts_made_while_the_broker_is_down_arrive_when_it_returns(
         assert daemon.wait(timeout=60) == 0
         subscriber.close()
         broker.stop()
+
+
+def test_an_engine_activation_is_followed_while_idle(broker: Broker, tmp_path: Path) -> None:
+    """`edge-qc engine activate` while no image arrives: the daemon loads the new version at once,
+    and metrics and the retained status say which version serves; a version that cannot load is
+    flagged while the running one keeps serving."""
+    from edge.engines.store import EngineStore, sha256_of
+
+    shipped = Path(__file__).resolve().parents[2] / "engines" / "lumbar-resunet"
+    engines = tmp_path / "engines"
+    for version in ("0.1.0", "0.2.0"):
+        shutil.copytree(shipped / version, engines / version, ignore=shutil.ignore_patterns("validation"))
+    broken = engines / "0.3.0"  # the right checksum for a file ONNX Runtime cannot load
+    shutil.copytree(engines / "0.2.0", broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx model")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest.update(version="0.3.0", sha256=sha256_of(broken / "model.onnx"), bytes=17)
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    store_ = EngineStore(engines)
+    store_.activate("0.1.0")
+    config, _ = site_config(tmp_path, broker.port)
+    config.write_text(config.read_text().replace("[model]\n", f'[model]\npath = "{engines / "current"}"\n'))
+    metrics_port = int(config.read_text().split("[metrics]\nport = ")[1].split()[0])
+    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/status")
+    daemon = start_daemon(config)
+
+    def scrape() -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            return str(r.read().decode())
+
+    try:
+        assert 'model="lumbar-resunet 0.1.0"' in scrape()
+        store_.activate("0.2.0")
+        assert wait_for(lambda: 'model="lumbar-resunet 0.2.0"' in scrape(), timeout=60)
+        assert 'model="lumbar-resunet 0.1.0"' not in scrape()
+        status = subscriber.payloads("status")
+
+        def announced() -> object:
+            return subscriber.payloads("status")[-1].get("versions", {}).get("model")  # type: ignore[attr-defined]
+
+        assert wait_for(lambda: announced() == "lumbar-resunet 0.2.0")
+        assert status[0]["versions"]["model"] == "lumbar-resunet 0.1.0"  # type: ignore[index]
+        store_.activate("0.3.0")
+        assert wait_for(lambda: "edgeqc_activation_failed 1.0" in scrape(), timeout=60)
+        assert 'model="lumbar-resunet 0.2.0"' in scrape()  # the running version keeps serving
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+        subscriber.close()
