@@ -101,7 +101,10 @@ class Metrics:
             "edgeqc_activation_failed", "1 while the last engine activation failed (the previous serves)", registry=r
         )
         self.model_info = Gauge(
-            "edgeqc_model_info", "The running model and engine", ["model", "engine", "standard"], registry=r
+            "edgeqc_model_info",
+            "The running model and engine",
+            ["model", "engine", "backend", "precision", "standard"],
+            registry=r,
         )
         self.queue_depth = Gauge("edgeqc_queue_depth", "Images waiting for inference", registry=r)
         self.outbox_depth = Gauge("edgeqc_outbox_depth", "Verdicts waiting for the broker", registry=r)

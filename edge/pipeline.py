@@ -150,6 +150,8 @@ class Pipeline:
             "model": self.manifest.label,
             "engine": f"{described['name']} {described['precision']} on {described['device']}"
             f" ({self.manifest.file} sha256:{self.manifest.sha256[:16]})",
+            "backend": str(described["name"]),
+            "precision": str(described["precision"]),
             "standard": f"{self.standard.name} {self.standard.version}",
         }
 

@@ -162,7 +162,9 @@ class Service:
             self.publisher.announce({"versions": versions})
         self._announced = dict(versions)
         self.metrics.model_info.clear()
-        self.metrics.model_info.labels(versions["model"], versions["engine"], versions["standard"]).set(1)
+        self.metrics.model_info.labels(
+            versions["model"], versions["engine"], versions["backend"], versions["precision"], versions["standard"]
+        ).set(1)
 
     def _work(self) -> None:
         while not self._stopping.is_set() or not self.queue.empty():

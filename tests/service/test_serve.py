@@ -150,6 +150,8 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         scrape = check_endpoints(metrics_port)
         assert 'edgeqc_images_judged_total{verdict="fail",view="ap"} 1.0' in scrape
         assert "edgeqc_images_received_total 3.0" in scrape
+        info = next(line for line in scrape.splitlines() if line.startswith("edgeqc_model_info{"))
+        assert 'backend="onnxruntime"' in info and 'precision="fp32"' in info and 'model="lumbar-resunet 0.2.0"' in info
         assert 'edgeqc_associations_total{result="accepted"} 1.0' in scrape
         assert "edgeqc_end_to_end_seconds_count 3.0" in scrape
         assert 'edgeqc_stage_duration_seconds_count{stage="infer"} 3.0' in scrape
