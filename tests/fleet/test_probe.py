@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 
 from edge.cli import main
 from tests.mosquitto import Broker, Subscriber, wait_for
-from tests.service.test_serve import site_config, start_daemon
+from tests.service.test_serve import site_config, start_daemon, stop_daemon
 
 HEALTH = Path(__file__).resolve().parents[2] / "engines" / "health"
 
@@ -29,8 +28,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, sub
     config, _ = site_config(folder, broker.port)
     process = start_daemon(config)
     yield config, process
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    stop_daemon(process)
     broker.stop()
 
 

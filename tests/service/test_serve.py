@@ -85,6 +85,12 @@ def start_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.
     raise AssertionError("the daemon did not start:\n" + "".join(seen))
 
 
+def stop_daemon(daemon: subprocess.Popen[str]) -> None:
+    """SIGTERM: the daemon drains (judges what it received, hands verdicts to the broker) and exits 0."""
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0
+
+
 def check_endpoints(port: int) -> str:
     """Scrape /metrics over HTTP and lint it with promtool; /healthz and /readyz answer."""
     import urllib.request
@@ -163,8 +169,7 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         assert "edgeqc_outbox_depth 0.0" in scrape and "edgeqc_degraded 0.0" in scrape
         assert 'edgeqc_item_failures_total{item="upper_coverage",view="ap"}' in scrape
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop_daemon(daemon)
     assert wait_for(lambda: subscriber.payloads("status")[-1]["state"] == "offline")
     subscriber.close()
 
@@ -188,8 +193,7 @@ def test_a_verdict_survives_sigkill_after_the_store_succeeded(
         assert len(ids) == 1
         assert subscriber.payloads("verdict")[0]["verdict"]["view"]["judged"] == "lateral"  # type: ignore[index]
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
+        stop_daemon(daemon)
     subscriber.close()
 
 
@@ -217,8 +221,7 @@ def test_systemd_ready_watchdog_and_stopping(broker: Broker, tmp_path: Path) -> 
         assert wait_for(lambda: sum("WATCHDOG=1" in m for m in messages) >= 3, timeout=20)
         assert any(m.startswith("READY=1") and "STATUS=serving lumbar-resunet" in m for m in messages)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop_daemon(daemon)
     assert wait_for(lambda: any(m.startswith("STOPPING=1") for m in messages), timeout=5)
     done.set()
     listener.join()
@@ -246,8 +249,7 @@ def test_sighup_reloads_qc_settings_and_refuses_a_bad_configuration(
         items = subscriber.payloads("verdict")[0]["verdict"]["items"]  # type: ignore[index]
         assert items["centring"]["threshold"] == [0.3]
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop_daemon(daemon)
     subscriber.close()
 
 
@@ -268,8 +270,7 @@ def test_a_burst_larger_than_the_queue_is_held_back_not_lost(
             sender.join()
         assert wait_for(lambda: len({m["message_id"] for m in subscriber.payloads("verdict")}) == 6, timeout=90)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop_daemon(daemon)
     subscriber.close()
 
 
@@ -313,8 +314,7 @@ def test_bad_inputs_get_a_failure_status_or_a_reasoned_verdict_and_serving_goes_
         assert subscriber.payloads("verdict")[-1]["verdict"]["view"]["judged"] == "oblique"  # type: ignore[index]
         assert daemon.poll() is None
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop_daemon(daemon)
     subscriber.close()
 
 
@@ -340,8 +340,7 @@ def test_verdicts_made_while_the_broker_is_down_arrive_when_it_returns(
         assert list(dict.fromkeys(judged)) == ["ap", "lateral", "oblique"]  # in order (at-least-once)
         assert wait_for(lambda: readiness(metrics_port) == (200, "ready"))
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop_daemon(daemon)
         subscriber.close()
         broker.stop()
 
@@ -392,6 +391,5 @@ def test_an_engine_activation_is_followed_while_idle(broker: Broker, tmp_path: P
         assert wait_for(lambda: "edgeqc_activation_failed 1.0" in scrape(), timeout=60)
         assert 'model="lumbar-resunet 0.2.0"' in scrape()  # the running version keeps serving
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=60) == 0
+        stop_daemon(daemon)
         subscriber.close()
