@@ -69,6 +69,9 @@ class DicomConfig:
     # of the clinical counts. They must also be on allowed_calling_aets to be let in at all.
     probe_calling_aets: tuple[str, ...] = ("EDGEQC-PROBE",)
     max_associations: int = 4
+    # A connection that sends no association request within this time is dropped (the ARTIM timer).
+    # Until then it holds one of max_associations: a port scan must not keep the modality out for long.
+    association_timeout_s: int = 10
     max_pdu_bytes: int = 262144  # larger PDUs cut the receive time of a 12 MB image (fewer, bigger reads)
     tls_certfile: str = ""  # DICOM TLS when set: this appliance's certificate (PEM), with tls_keyfile
     tls_keyfile: str = ""

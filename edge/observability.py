@@ -107,6 +107,9 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("edgeqc_queue_depth", "Images waiting for inference", registry=r)
+        self.active_associations = Gauge(
+            "edgeqc_active_associations", "DICOM connections holding a slot of max_associations", registry=r
+        )
         self.outbox_depth = Gauge("edgeqc_outbox_depth", "Verdicts waiting for the broker", registry=r)
         r.register(JetsonHealth(sysfs_root))
 

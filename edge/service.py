@@ -76,6 +76,7 @@ class Service:
         self._announced: dict[str, str] = {}
         self._follow_activation()
         self.metrics.queue_depth.set_function(self.queue.qsize)
+        self.metrics.active_associations.set_function(lambda: self.scp.active_associations)
         self.metrics.outbox_depth.set_function(self.outbox.depth)
         self.http: MetricsServer | None = None
         if config.metrics.enabled:

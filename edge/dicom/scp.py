@@ -129,6 +129,7 @@ class StorageScp:
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
         ae.maximum_associations = settings.max_associations
+        ae.acse_timeout = settings.association_timeout_s
         ae.maximum_pdu_size = settings.max_pdu_bytes
         ae.add_supported_context(VERIFICATION)
         for sop_class in STORAGE_CLASSES:
@@ -195,6 +196,11 @@ class StorageScp:
         thread.start()
         self._ae._servers.append(server)
         self._server = server
+
+    @property
+    def active_associations(self) -> int:
+        """Connections holding a slot of max_associations (including ones not yet associated)."""
+        return len(self._ae.active_associations)
 
     @property
     def port(self) -> int:

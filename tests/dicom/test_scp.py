@@ -18,6 +18,7 @@ from edge.config import ConfigError, DicomConfig
 from edge.dicom.scp import OUT_OF_RESOURCES, STORAGE_CLASSES, SUCCESS, VERIFICATION, StorageScp
 from edge.dicom.spool import Arrival, Spool
 from tests.conftest import require_tool
+from tests.mosquitto import wait_for
 from tests.qc.conftest import fault_case, write_case
 from tools.demo import free_port
 
@@ -120,6 +121,24 @@ def test_a_spool_that_cannot_write_answers_out_of_resources_at_once(tmp_path: Pa
         spool.root.write_text("not a directory any more")  # the disk is gone from under the spool
         assert send(server.port, image) == OUT_OF_RESOURCES
         assert [arrival.wait_spooled() for arrival in received] == [False]  # the worker drops its verdict
+    finally:
+        server.stop()
+
+
+def test_silent_connections_hold_the_modality_out_only_for_the_association_timeout(
+    tmp_path: Path, image: Path
+) -> None:
+    """Connections that never ask for an association (a port scan, a stuck device) fill
+    max_associations; each is dropped after association_timeout_s and the modality is served again."""
+    server, received = run_scp(Spool(tmp_path / "spool"), max_associations=2, association_timeout_s=1)
+    try:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        assert wait_for(lambda: server.active_associations == 2, timeout=5)
+        assert send(server.port, image) is None  # both slots taken
+        assert wait_for(lambda: send(server.port, image) == SUCCESS, timeout=10)
+        assert len(received) == 1
+        for connection in silent:
+            connection.close()
     finally:
         server.stop()
 

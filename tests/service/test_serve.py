@@ -167,6 +167,7 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         assert all(abs(m["received_unix"] - time.time()) < 600 for m in messages)  # type: ignore[operator]
         assert 'edgeqc_stage_duration_seconds_count{stage="spool"} 3.0' in scrape
         assert "edgeqc_outbox_depth 0.0" in scrape and "edgeqc_degraded 0.0" in scrape
+        assert "edgeqc_active_associations 0.0" in scrape  # storescu released its association
         assert 'edgeqc_item_failures_total{item="upper_coverage",view="ap"}' in scrape
     finally:
         stop_daemon(daemon)
