@@ -165,7 +165,9 @@ def client_tls(pki: Path, with_certificate: bool = True) -> ssl.SSLContext:
 
 def test_dicom_tls_admits_only_senders_with_a_certificate_from_the_ca(pki: Path, image: Path, tmp_path: Path) -> None:
     tls = {"tls_certfile": str(pki / "server.crt"), "tls_keyfile": str(pki / "server.key")}
-    server, received = run_scp(Spool(tmp_path / "spool"), **tls, tls_ca_certs=str(pki / "ca.crt"))
+    server, received = run_scp(
+        Spool(tmp_path / "spool"), **tls, tls_ca_certs=str(pki / "ca.crt"), association_timeout_s=1
+    )
     silent = socket.create_connection(("127.0.0.1", server.port))  # connects, never starts the handshake
     try:
         assert send(server.port, image, tls=client_tls(pki)) == SUCCESS  # the silent one does not stall accepting
@@ -180,6 +182,8 @@ def test_dicom_tls_admits_only_senders_with_a_certificate_from_the_ca(pki: Path,
         assert proc.returncode == 0, proc.stderr
         assert len(received) == 2 and all(arrival.wait_spooled() for arrival in received)
         assert send(server.port, image, tls=client_tls(pki)) == SUCCESS  # still serving after the refusals
+        silent.close()
+        assert wait_for(lambda: server.active_associations == 0, timeout=10)  # every connection ended
     finally:
         silent.close()
         server.stop()
