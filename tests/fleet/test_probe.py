@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,9 @@ import pydicom
 import pytest
 
 from edge.cli import main
+from edge.config import load_config
 from tests.mosquitto import Broker, Subscriber, wait_for
-from tests.service.test_serve import site_config, start_daemon, stop_daemon
+from tests.service.test_serve import scrape, site_config, start_daemon, stop_daemon
 
 HEALTH = Path(__file__).resolve().parents[2] / "engines" / "health"
 
@@ -72,7 +72,7 @@ def test_each_probe_is_a_new_image_marked_as_a_probe(
     """Two probes with the same file both get their own verdict (a fresh SOP Instance UID each time);
     their payloads say "probe" and they are counted as probes, not as the room's images."""
     config, _ = daemon
-    subscriber = Subscriber(broker_port(config), "edgeqc/h1/xr2/jetson7/verdict")
+    subscriber = Subscriber(load_config(config).mqtt.port, "edgeqc/h1/xr2/jetson7/verdict")
     before = scrape(config)
     image = HEALTH / "ap-good.dcm"
     for _ in range(2):
@@ -85,16 +85,6 @@ def test_each_probe_is_a_new_image_marked_as_a_probe(
     probes, clinical = 'edgeqc_probes_total{verdict="pass"}', 'edgeqc_images_judged_total{verdict="pass",view="ap"}'
     assert counter(after, probes) - counter(before, probes) == 2
     assert counter(after, clinical) == counter(before, clinical)  # a rollout does not move the room's figures
-
-
-def broker_port(config: Path) -> int:
-    return int(config.read_text().split("[mqtt]\nport = ")[1].split()[0])
-
-
-def scrape(config: Path) -> str:
-    port = int(config.read_text().split("[metrics]\nport = ")[1].split()[0])
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
 
 
 def counter(text: str, sample: str) -> float:

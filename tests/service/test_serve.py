@@ -11,12 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import jsonschema
 import pydicom
 import pytest
 
+from edge.config import load_config
 from edge.publish.outbox import Outbox
 from edge.qc.verdict import schema
 from tests.conftest import require_tool
@@ -91,32 +94,32 @@ def stop_daemon(daemon: subprocess.Popen[str]) -> None:
     assert daemon.wait(timeout=60) == 0
 
 
-def check_endpoints(port: int) -> str:
-    """Scrape /metrics over HTTP and lint it with promtool; /healthz and /readyz answer."""
-    import urllib.request
+def endpoint(config: Path, path: str) -> tuple[int, str]:
+    """GET one of the daemon's HTTP endpoints (the [metrics] port of `config`): status and body."""
+    url = f"http://127.0.0.1:{load_config(config).metrics.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status), response.read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode().strip()
 
-    base = f"http://127.0.0.1:{port}"
-    with urllib.request.urlopen(f"{base}/healthz", timeout=10) as r:
-        assert r.status == 200
-    with urllib.request.urlopen(f"{base}/readyz", timeout=10) as r:
-        assert r.status == 200 and r.read().strip() == b"ready"
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
-        text = str(r.read().decode())
-    promtool = require_tool(PROMTOOL, package="prometheus")
-    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+def scrape(config: Path) -> str:
+    status, text = endpoint(config, "/metrics")
+    assert status == 200, text
     return text
 
 
-def readiness(port: int) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
-            return int(r.status), r.read().decode().strip()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode().strip()
+def check_endpoints(config: Path) -> str:
+    """Scrape /metrics over HTTP and lint it with promtool; /healthz and /readyz answer."""
+    assert endpoint(config, "/healthz")[0] == 200
+    assert endpoint(config, "/readyz") == (200, "ready")
+    text = scrape(config)
+    promtool = require_tool(PROMTOOL, package="prometheus")
+    exposition = text + "\n"  # endpoint() strips the body; the exposition format ends with a newline
+    lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    return text
 
 
 def store(port: int, *files: Path) -> None:
@@ -152,23 +155,22 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         status = subscriber.payloads("status")
         assert status and status[-1]["state"] == "online"
         assert not list((tmp_path / "spool").glob("*.dcm"))  # spool emptied once verdicts were queued
-        metrics_port = int(config.read_text().split("[metrics]\nport = ")[1].split()[0])
-        scrape = check_endpoints(metrics_port)
-        assert 'edgeqc_images_judged_total{verdict="fail",view="ap"} 1.0' in scrape
-        assert "edgeqc_images_received_total 3.0" in scrape
-        info = next(line for line in scrape.splitlines() if line.startswith("edgeqc_model_info{"))
+        scraped = check_endpoints(config)
+        assert 'edgeqc_images_judged_total{verdict="fail",view="ap"} 1.0' in scraped
+        assert "edgeqc_images_received_total 3.0" in scraped
+        info = next(line for line in scraped.splitlines() if line.startswith("edgeqc_model_info{"))
         assert 'backend="onnxruntime"' in info and 'precision="fp32"' in info and 'model="lumbar-resunet 0.2.0"' in info
-        assert 'edgeqc_associations_total{result="accepted"} 1.0' in scrape
-        assert "edgeqc_end_to_end_seconds_count 3.0" in scrape
-        assert 'edgeqc_stage_duration_seconds_count{stage="infer"} 3.0' in scrape
+        assert 'edgeqc_associations_total{result="accepted"} 1.0' in scraped
+        assert "edgeqc_end_to_end_seconds_count 3.0" in scraped
+        assert 'edgeqc_stage_duration_seconds_count{stage="infer"} 3.0' in scraped
         for stage in ("receive", "spool", "queue"):  # the transport stages, in the metrics and in every payload
-            assert f'edgeqc_stage_duration_seconds_count{{stage="{stage}"}} 3.0' in scrape
+            assert f'edgeqc_stage_duration_seconds_count{{stage="{stage}"}} 3.0' in scraped
             assert all(0 <= m["timings_ms"][stage] < 60_000 for m in messages)  # type: ignore[index]
         assert all(abs(m["received_unix"] - time.time()) < 600 for m in messages)  # type: ignore[operator]
-        assert 'edgeqc_stage_duration_seconds_count{stage="spool"} 3.0' in scrape
-        assert "edgeqc_outbox_depth 0.0" in scrape and "edgeqc_degraded 0.0" in scrape
-        assert "edgeqc_active_associations 0.0" in scrape  # storescu released its association
-        assert 'edgeqc_item_failures_total{item="upper_coverage",view="ap"}' in scrape
+        assert 'edgeqc_stage_duration_seconds_count{stage="spool"} 3.0' in scraped
+        assert "edgeqc_outbox_depth 0.0" in scraped and "edgeqc_degraded 0.0" in scraped
+        assert "edgeqc_active_associations 0.0" in scraped  # storescu released its association
+        assert 'edgeqc_item_failures_total{item="upper_coverage",view="ap"}' in scraped
     finally:
         stop_daemon(daemon)
     assert wait_for(lambda: subscriber.payloads("status")[-1]["state"] == "offline")
@@ -325,7 +327,6 @@ def test_verdicts_made_while_the_broker_is_down_arrive_when_it_returns(
     broker = Broker(tmp_path, persistent=True)  # so the subscriber's session outlives the restart
     broker.start()
     config, port = site_config(tmp_path, broker.port)
-    metrics_port = int(config.read_text().split("[metrics]\nport = ")[1].split()[0])
     subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict", persistent_session=True)
     daemon = start_daemon(config)
     try:
@@ -334,12 +335,12 @@ def test_verdicts_made_while_the_broker_is_down_arrive_when_it_returns(
         broker.stop()
         store(port, studies["lat-tilt"], studies["obl-under"])  # judged while nobody can hear
         assert wait_for(lambda: Outbox(tmp_path / "outbox.sqlite").depth() == 2, timeout=60)
-        assert wait_for(lambda: readiness(metrics_port) == (503, "broker not connected"))
+        assert wait_for(lambda: endpoint(config, "/readyz") == (503, "broker not connected"))
         broker.start()
         assert wait_for(lambda: len({m["message_id"] for m in subscriber.payloads("verdict")}) == 3, timeout=60)
         judged = [m["verdict"]["view"]["judged"] for m in subscriber.payloads("verdict")]  # type: ignore[index]
         assert list(dict.fromkeys(judged)) == ["ap", "lateral", "oblique"]  # in order (at-least-once)
-        assert wait_for(lambda: readiness(metrics_port) == (200, "ready"))
+        assert wait_for(lambda: endpoint(config, "/readyz") == (200, "ready"))
     finally:
         stop_daemon(daemon)
         subscriber.close()
@@ -366,21 +367,13 @@ def test_an_engine_activation_is_followed_while_idle(broker: Broker, tmp_path: P
     store_.activate("0.1.0")
     config, _ = site_config(tmp_path, broker.port)
     config.write_text(config.read_text().replace("[model]\n", f'[model]\npath = "{engines / "current"}"\n'))
-    metrics_port = int(config.read_text().split("[metrics]\nport = ")[1].split()[0])
     subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/status")
     daemon = start_daemon(config)
-
-    def scrape() -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
-            return str(r.read().decode())
-
     try:
-        assert 'model="lumbar-resunet 0.1.0"' in scrape()
+        assert 'model="lumbar-resunet 0.1.0"' in scrape(config)
         store_.activate("0.2.0")
-        assert wait_for(lambda: 'model="lumbar-resunet 0.2.0"' in scrape(), timeout=60)
-        assert 'model="lumbar-resunet 0.1.0"' not in scrape()
+        assert wait_for(lambda: 'model="lumbar-resunet 0.2.0"' in scrape(config), timeout=60)
+        assert 'model="lumbar-resunet 0.1.0"' not in scrape(config)
         status = subscriber.payloads("status")
 
         def announced() -> object:
@@ -389,8 +382,8 @@ def test_an_engine_activation_is_followed_while_idle(broker: Broker, tmp_path: P
         assert wait_for(lambda: announced() == "lumbar-resunet 0.2.0")
         assert status[0]["versions"]["model"] == "lumbar-resunet 0.1.0"  # type: ignore[index]
         store_.activate("0.3.0")
-        assert wait_for(lambda: "edgeqc_activation_failed 1.0" in scrape(), timeout=60)
-        assert 'model="lumbar-resunet 0.2.0"' in scrape()  # the running version keeps serving
+        assert wait_for(lambda: "edgeqc_activation_failed 1.0" in scrape(config), timeout=60)
+        assert 'model="lumbar-resunet 0.2.0"' in scrape(config)  # the running version keeps serving
     finally:
         stop_daemon(daemon)
         subscriber.close()
