@@ -1,4 +1,6 @@
-"""python -m tools.train --out RUN_DIR [--epochs N] [--seed S] [--samples N]: train on the phantom."""
+"""python -m tools.train --out RUN_DIR [--epochs N] [--seed S] [--samples N] [--real-set DIR --real-fraction F]
+[--ct-samples N --ct-fraction F] [--augment basic|full] [--steps-per-epoch N] [--cache DIR]: train the segmentation
+model on phantom renders, and optionally real AP films and CT DRRs (partial labels)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--symmetric-pedicles", action="store_true", help="on laterals, score the pedicle channels in the better order"
     )
+    parser.add_argument("--real-set", type=Path, default=None, help="corner-labelled AP set (its training patients)")
+    parser.add_argument("--real-fraction", type=float, default=defaults.real_fraction, help="share of real films")
+    parser.add_argument("--ct-samples", type=int, default=defaults.ct_samples, help="CT DRRs of the training CTs")
+    parser.add_argument("--ct-fraction", type=float, default=defaults.ct_fraction, help="share of CT DRRs")
+    parser.add_argument("--augment", choices=("basic", "full"), default=defaults.augment)
+    parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch, help="0: one phantom pass")
+    parser.add_argument("--cache", type=Path, default=None, help="folder for sample caches (default: the run)")
     args = parser.parse_args(argv)
     recipe = Recipe(
         seed=args.seed,
@@ -41,11 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         init=str(args.init or ""),
         lateral_rotation_samples=args.lateral_rotation_samples,
         symmetric_pedicles=args.symmetric_pedicles,
+        real_set=str(args.real_set or ""),
+        real_fraction=args.real_fraction,
+        ct_samples=args.ct_samples,
+        ct_fraction=args.ct_fraction,
+        steps_per_epoch=args.steps_per_epoch,
+        augment=args.augment,
     )
     if args.epochs < 1 or args.samples < args.batch or args.batch < 1 or args.size < 32:
         parser.error("need --epochs >= 1, --batch >= 1, --samples >= --batch and --size >= 32")
     try:
-        metrics = train(args.out, recipe)
+        metrics = train(args.out, recipe, cache=args.cache)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
