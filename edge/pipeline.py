@@ -21,7 +21,7 @@ from edge.config import Config
 from edge.dicom.decode import Radiograph, Rejection, decode, read_dataset
 from edge.engines.manifest import ModelManifest, load_manifest
 from edge.imaging.preprocess import Transform, preprocess
-from edge.inference.backend import Backend, open_with_fallback
+from edge.inference.backend import Backend, ModelOutputs, open_with_fallback
 from edge.qc.judge import ItemResult, judge, overall
 from edge.qc.measure import Context, Measurement, Spine, anatomy_mask, measure_all
 from edge.qc.segmentation import Segmentation, field_box
@@ -72,6 +72,13 @@ LUMBAR_BODY_PARTS: Final = frozenset(
     }
 )
 _TAG_SIDES: Final = {"LPO": "left", "RAO": "left", "RPO": "right", "LAO": "right"}
+
+
+def faces_left(radiograph: Radiograph) -> bool:
+    """A lateral shown with the patient's front on the image's left (Patient Orientation's row
+    direction "P"): the model reads it mirrored to the orientation it knows best (front on the right)
+    and its masks are mirrored back, so measurements see the image as it is."""
+    return radiograph.patient_orientation[0].upper().startswith("P")
 
 
 def view_from_tags(radiograph: Radiograph) -> tuple[View | None, str | None]:
@@ -195,8 +202,13 @@ class Pipeline:
             return self._rejected(exc, timings)
         lap("decode")
         net_input, transform = preprocess(radiograph.pixels, self.manifest.input_size)
+        mirrored = faces_left(radiograph)
+        if mirrored:
+            net_input = np.ascontiguousarray(net_input[..., ::-1])
         lap("preprocess")
         outputs = self.backend.infer(net_input)
+        if mirrored:
+            outputs = ModelOutputs(np.ascontiguousarray(outputs.masks[..., ::-1]), outputs.view)
         lap("infer")
 
         image = {

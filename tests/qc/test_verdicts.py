@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pydicom
 import pytest
 
@@ -13,7 +14,8 @@ from edge.qc.verdict import schema
 from tests.phantom.test_faults import TARGET
 from tests.qc.conftest import fault_case, judge_case
 from tools.phantom.acquisition import FAULTS
-from tools.phantom.dataset import PhantomImage, SetOptions, generate_image
+from tools.phantom.dicom_io import write_dicom
+from tools.phantom.dataset import PhantomImage, SetOptions, generate_image, image_dataset
 
 CASES = [(view, fault) for view, faults in FAULTS.items() for fault in faults]
 
@@ -69,3 +71,22 @@ def test_real_radiographs_of_other_anatomy_are_not_judged(pipeline: Pipeline, na
     untagged = pipeline.process(ds).verdict
     assert untagged.verdict == "indeterminate" and "not a lumbar spine" in untagged.reason
     jsonschema.validate(untagged.as_dict(), schema())
+
+
+def test_a_lateral_facing_left_is_read_mirrored_and_measured_as_shown(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Patient Orientation "P" on the rows: the model reads the mirrored image (front on the right, as
+    it knows best) and its masks come back mirrored, so they lie on the image as shown."""
+    image = fault_case("lateral", "tilt", 11, size_px=512)
+    facing_right = judge_case(pipeline, image, tmp_path)
+    mirrored = image_dataset(image, 3)
+    rows, cols = int(mirrored.Rows), int(mirrored.Columns)
+    stored = np.frombuffer(mirrored.PixelData, dtype="<u2").reshape(rows, cols)[:, ::-1]
+    mirrored.PixelData = np.ascontiguousarray(stored).tobytes()
+    mirrored.PatientOrientation = ["P", "F"]
+    write_dicom(mirrored, tmp_path / "facing-left.dcm", "none")
+    facing_left = pipeline.process(tmp_path / "facing-left.dcm")
+    assert facing_right.segmentation is not None and facing_left.segmentation is not None
+    right = facing_right.segmentation.probabilities
+    left = facing_left.segmentation.probabilities
+    assert np.abs(left[..., ::-1] - right).max() < 1e-3  # the same reading, shown the other way round
+    assert facing_left.verdict.verdict == facing_right.verdict.verdict
