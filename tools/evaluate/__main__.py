@@ -1,4 +1,5 @@
-"""python -m tools.evaluate --model engines/<model>/<version> --count N --seed S [--no-fp16] [--write]"""
+"""python -m tools.evaluate --model engines/<model>/<version> --count N --seed S [--domain phantom|ctdrr]
+[--no-fp16] [--write]: segmentation figures on held-out phantom renders or on DRRs of the held-out CT."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=300, help="held-out images, cycling AP / lateral / oblique")
     parser.add_argument("--seed", type=int, default=900_001, help="phantom seed never used in training")
     parser.add_argument("--no-fp16", action="store_true", help="skip the FP16 (mixed-precision ONNX) run")
+    parser.add_argument("--domain", choices=("phantom", "ctdrr"), default="phantom", help="which held-out images")
     parser.add_argument("--write", action="store_true", help="record the results in the model's manifest")
     args = parser.parse_args(argv)
     try:
-        result = evaluate_model(args.model, args.seed, args.count, fp16=not args.no_fp16)
+        result = evaluate_model(args.model, args.seed, args.count, fp16=not args.no_fp16, domain=args.domain)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         manifest_path = args.model / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
-        manifest["evaluation"] = result
+        manifest["evaluation" if args.domain == "phantom" else "evaluation_ctdrr"] = result
         manifest_path.write_text(json.dumps(manifest, indent=1))
         print(f"recorded in {manifest_path}")
     return 0

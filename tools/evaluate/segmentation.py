@@ -13,11 +13,12 @@ import onnx
 from numpy.typing import NDArray
 
 from edge.engines.precision import to_mixed_precision
-from edge.qc.structures import STRUCTURES, VIEW_CLASSES
+from edge.qc.structures import STRUCTURES, VERTEBRAL_LEVELS, VIEW_CLASSES
 from tools.export.export import ort_session
 from tools.train.data import Samples, build_samples
 from tools.train.metrics import dice_scores
 
+BODY_CHANNELS = [STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS]
 VIEW_OF_CLASS = {"ap": "ap", "lateral": "lateral", "oblique_left": "oblique", "oblique_right": "oblique"}
 
 
@@ -44,6 +45,7 @@ def run_model(model_path: Path, samples: Samples) -> Scores:
 def summarise(scores: Scores, samples: Samples) -> dict[str, Any]:
     view_of = np.array([VIEW_OF_CLASS[VIEW_CLASSES[v]] for v in samples.views])
     per_image = np.nanmean(scores.dice, axis=1)
+    bodies = scores.dice[:, BODY_CHANNELS]
     out: dict[str, Any] = {"images": len(samples), "views": {}, "structures": {}}
     for view in ("ap", "lateral", "oblique"):
         sel = view_of == view
@@ -55,6 +57,7 @@ def summarise(scores: Scores, samples: Samples) -> dict[str, Any]:
             "dice_min": float(np.min(values)),
             "dice_max": float(np.max(values)),
             "view_accuracy": float(np.mean(scores.view_predicted[sel] == samples.views[sel])),
+            "body_dice_mean": float(np.nanmean(bodies[sel])) if np.isfinite(bodies[sel]).any() else None,
         }
     for c, name in enumerate(STRUCTURES):
         values = scores.dice[:, c]
@@ -72,14 +75,45 @@ def summarise(scores: Scores, samples: Samples) -> dict[str, Any]:
     return out
 
 
-def evaluate_model(model_dir: Path, seed: int, count: int, fp16: bool = True) -> dict[str, Any]:
+def with_mirrored_laterals(samples: Samples) -> Samples:
+    """The set plus every lateral mirrored (masks too): laterals facing both ways, in equal numbers."""
+    lateral = samples.views == VIEW_CLASSES.index("lateral")
+    mirrored = Samples(
+        np.ascontiguousarray(samples.images[lateral][:, :, ::-1]),
+        np.ascontiguousarray(samples.masks[lateral][:, :, :, ::-1]),
+        samples.defined[lateral],
+        samples.views[lateral],
+    )
+    return samples.concatenate(mirrored)
+
+
+def evaluate_model(
+    model_dir: Path, seed: int, count: int, fp16: bool = True, domain: str = "phantom"
+) -> dict[str, Any]:
+    """Held-out figures of one domain: "phantom" (fresh phantom renders) or "ctdrr" (DRRs of the CT that
+    training never saw, laterals facing both ways)."""
     manifest = json.loads((model_dir / "manifest.json").read_text())
     training = manifest["training"]
-    if seed in (training["train_seed"], training["validation_seed"], manifest["validation_set"]["seed"]):
-        raise ValueError(f"seed {seed} was used to train or validate this model; pick another")
     size = manifest["input"]["shape"][-1]
-    samples = build_samples(seed, count, size)
+    if domain == "phantom":
+        if seed in (training["train_seed"], training["validation_seed"], manifest["validation_set"]["seed"]):
+            raise ValueError(f"seed {seed} was used to train or validate this model; pick another")
+        samples = build_samples(seed, count, size)
+        title = f"held-out phantom set: seed {seed}, {count} images (phantom figures, not clinical)"
+    elif domain == "ctdrr":
+        from tools.ctdrr import HELD_OUT_CTS
+        from tools.ctdrr.samples import build_ct_samples
+
+        samples = with_mirrored_laterals(build_ct_samples(seed, count, HELD_OUT_CTS, size))
+        title = (
+            f"held-out CT DRRs ({', '.join(HELD_OUT_CTS)}, a CT no training saw): seed {seed}, {count} renders "
+            f"+ their laterals mirrored = {len(samples)} images (CT-DRR figures: real anatomy, simulated imaging)"
+        )
+    else:
+        raise ValueError(f"unknown domain {domain!r} (phantom, ctdrr)")
     result: dict[str, Any] = {
+        "domain": domain,
+        "title": title,
         "seed": seed,
         "count": count,
         "model": manifest["name"],
@@ -99,16 +133,21 @@ def evaluate_model(model_dir: Path, seed: int, count: int, fp16: bool = True) ->
 
 
 def format_table(result: dict[str, Any]) -> str:
+    title = result.get("title") or (
+        f"held-out phantom set: seed {result['seed']}, {result['count']} images (phantom figures, not clinical)"
+    )
     lines = [
-        f"held-out phantom set: seed {result['seed']}, {result['count']} images (phantom figures, not clinical)",
+        title,
         "",
-        "view      n    Dice mean +- sd   min-max        view acc"
+        "view      n    Dice mean +- sd   min-max        view acc  body Dice"
         + ("   FP16 Dice (delta)" if "fp16" in result else ""),
     ]
     for view, v in result["fp32"]["views"].items():
+        body = v.get("body_dice_mean")
         line = (
             f"{view:9s} {v['images']:3d}  {v['dice_mean']:.4f} +- {v['dice_sd']:.4f}  "
-            f"{v['dice_min']:.3f}-{v['dice_max']:.3f}  {v['view_accuracy']:.4f}"
+            f"{v['dice_min']:.3f}-{v['dice_max']:.3f}  {v['view_accuracy']:.4f}    "
+            + ("  -   " if body is None else f"{body:.4f}")
         )
         if "fp16" in result:
             line += f"   {result['fp16']['views'][view]['dice_mean']:.4f} ({result['fp16_minus_fp32_dice'][view]:+.4f})"

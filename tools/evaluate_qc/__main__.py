@@ -49,12 +49,14 @@ def rates(tp: int, fn: int, tn: int, fp: int) -> dict[str, float | int | None]:
     }
 
 
-def evaluate(folder: Path, threads: int) -> dict[str, Any]:
+def evaluate(folder: Path, threads: int, model: Path | None = None) -> dict[str, Any]:
     from edge.config import Config, ModelConfig
     from edge.pipeline import Pipeline
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    pipeline = Pipeline(Config(model=ModelConfig(threads=threads)))
+    model_config = ModelConfig(threads=threads) if model is None else ModelConfig(path=model, threads=threads)
+    pipeline = Pipeline(Config(model=model_config))
+    model_label = pipeline.manifest.label
     images: dict[str, Counter[str]] = defaultdict(Counter)
     items: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     confusion: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
@@ -108,7 +110,12 @@ def evaluate(folder: Path, threads: int) -> dict[str, Any]:
             if isinstance(estimate, float | int):
                 angle_errors["ap_rotation_deg"].append(abs(float(estimate) - entry["angles"]["rotation_deg"]))
     pipeline.close()
-    report: dict[str, Any] = {"images": len(manifest["images"]), "set": str(folder), "seed": manifest["seed"]}
+    report: dict[str, Any] = {
+        "images": len(manifest["images"]),
+        "set": str(folder),
+        "seed": manifest["seed"],
+        "model": model_label,
+    }
     report["views"] = {
         v: {
             **rates(images[v]["tp"], images[v]["fn"], images[v]["tn"], images[v]["fp"]),
@@ -140,7 +147,10 @@ def _fmt(x: float | int | None) -> str:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"QC evaluation on {report['images']} phantom images (seed {report['seed']}); phantom figures, not clinical")
+    print(
+        f"QC evaluation of {report.get('model', 'the default model')} on {report['images']} phantom images"
+        f" (seed {report['seed']}); phantom figures, not clinical"
+    )
     print(
         f"{'view':8s} {'n':>4s} {'acc':>6s} {'sens':>6s} {'spec':>6s} {'TP':>4s} {'FN':>4s} {'TN':>4s} {'FP':>4s}"
         f" {'indet':>6s} {'border':>7s}"
@@ -185,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", type=Path, help="evaluate an existing phantom set instead of generating one")
     parser.add_argument("--out", type=Path, help="where to generate the set (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    parser.add_argument("--model", type=Path, help="a model version folder (default: the configured default)")
     parser.add_argument("--write", type=Path, help="also write the report as JSON")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.set is not None:
         if not (args.set / "manifest.json").is_file():
             parser.error(f"--set {args.set}: no manifest.json (generate one with python -m tools.phantom)")
-        report = evaluate(args.set, args.threads)
+        report = evaluate(args.set, args.threads, args.model)
     else:
         import tempfile
 
@@ -204,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             entries = list(generate_set(folder, args.count, options, None))
             write_manifest(folder, options, entries, load_standard())
             print(f"generated {len(entries)} images in {time.perf_counter() - start:.0f} s", flush=True)
-            report = evaluate(folder, args.threads)
+            report = evaluate(folder, args.threads, args.model)
     print_report(report)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.write is not None:

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", choices=(*get_args(Crop), "both"), default="both")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N films (0: all)")
     parser.add_argument("--out", type=Path, default=Path("out/evaluate_real"))
+    parser.add_argument("--write", action="store_true", help="record the figures in each model's manifest")
     args = parser.parse_args(argv)
     try:
         films = load_films(args.set, args.split)
@@ -102,6 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(crop, labels, summaries))
         print()
     (args.out / f"summary-{args.split}.json").write_text(json.dumps(report, indent=1))
+    if args.write:
+        for model, label in zip(args.model, labels, strict=True):
+            path = model / "manifest.json"
+            manifest = json.loads(path.read_text())
+            figures: dict[str, Any] = {crop: report[crop][label] for crop in crops}
+            manifest["evaluation_real"] = {
+                "domain": "real radiographs (AASCE AP whole-spine films; lumbar crop and whole film)",
+                "set": str(args.set),
+                "split": args.split,
+                "films": len(films),
+                "patients": patients,
+                "excluded_label_slips": len(excluded),
+                "note": QUAD_NOTE,
+                **figures,
+            }
+            path.write_text(json.dumps(manifest, indent=1))
+            print(f"recorded in {path}")
     for evaluator in evaluators:
         evaluator.close()
     return 0

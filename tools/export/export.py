@@ -25,6 +25,7 @@ from edge.imaging.preprocess import NORMALISE_PERCENTILES
 from edge.qc.structures import STRUCTURE_VIEWS, STRUCTURES, VIEW_CLASSES
 from tools.train.data import RENDER_PX, make_sample
 from tools.train.model import ExportWrapper, ResUNet, conv_flops, parameter_count
+from tools.train.provenance import data_provenance, model_note
 from tools.train.train import Recipe
 
 OPSET = 17
@@ -113,7 +114,7 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
         "version": out.name,
         "created_by": f"edge-qc {edge.__version__} tools.export",
         "created_unix": int(time.time()),
-        "note": "Trained and evaluated on the synthetic lumbar phantom only; not validated on clinical images.",
+        "note": model_note(recipe),
         "file": onnx_path.name,
         "sha256": sha256_of(onnx_path),
         "bytes": onnx_path.stat().st_size,
@@ -151,6 +152,7 @@ def export_run(run: Path, out: Path) -> dict[str, Any]:
             "epochs_completed": int(state["epoch"]) + 1,
             "epoch_wall_seconds": training_seconds(run),
             "validation_metrics": state.get("metrics", {}),
+            "data": data_provenance(recipe),
         },
         "parameters": parameter_count(model),
         "flops_per_image": conv_flops(model, recipe.size),

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,12 +38,18 @@ class Samples:
     views: NDArray[np.int64]  # N: index into VIEW_CLASSES
 
     def save(self, path: Path) -> None:
-        np.savez(path, images=self.images, masks=self.masks, defined=self.defined, views=self.views)
+        """A folder of .npy files, written under a temporary name and renamed when complete."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in FIELDS:
+            np.save(tmp / f"{name}.npy", getattr(self, name))
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Samples:
-        with np.load(path) as data:
-            return cls(data["images"], data["masks"], data["defined"], data["views"])
+        """Memory-mapped: a cache of 10 GB costs no memory until samples are read (and then page cache)."""
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in FIELDS}
+        return cls(**arrays)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -52,6 +61,76 @@ class Samples:
             np.concatenate([self.defined, other.defined]),
             np.concatenate([self.views, other.views]),
         )
+
+
+FIELDS: Final = ("images", "masks", "defined", "views")
+Sample = tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.bool_], int]
+
+
+def run_jobs(
+    job: Callable[[Any], Sample | str],
+    jobs: list[Any],
+    size: int,
+    what: str,
+    workers: int | None = None,
+    out: Path | None = None,
+) -> Samples:
+    """Run `job` over `jobs` in spawned workers (one BLAS thread each) and write each sample into arrays
+    allocated once, on disk (`out`, memory-mapped) or in memory, as it arrives: a 10 GB cache never
+    needs its size twice in memory. A job returns a sample or a message; up to 1 % failures are
+    reported and left out, more stop the build."""
+    count = len(jobs)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # the resampling products oversubscribe the cores otherwise (5x slower)
+    channels = len(STRUCTURES)
+    shapes = {"images": (count, size, size), "masks": (count, channels, size, size), "defined": (count, channels)}
+    dtypes = {"images": np.uint8, "masks": np.uint8, "defined": np.bool_, "views": np.int64}
+    shapes["views"] = (count,)
+    tmp = None if out is None else out.with_name(out.name + ".tmp")
+    if tmp is not None:
+        tmp.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        name: np.empty(shapes[name], dtypes[name])
+        if tmp is None
+        else np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtypes[name], shape=shapes[name])
+        for name in FIELDS
+    }
+    workers = workers or os.cpu_count() or 1
+    kept: list[int] = []
+    failures: list[str] = []
+
+    def store(i: int, outcome: Sample | str) -> None:
+        if isinstance(outcome, str):
+            failures.append(outcome)
+            return
+        slot = len(kept)  # failed jobs leave no hole: later samples move up
+        for name, value in zip(FIELDS, outcome, strict=True):
+            arrays[name][slot] = value
+        kept.append(i)
+
+    if workers == 1:
+        for i, args in enumerate(jobs):
+            store(i, job(args))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for i, outcome in enumerate(pool.map(job, jobs, chunksize=4)):
+                store(i, outcome)
+    if len(failures) > max(1, count // 100):
+        raise RuntimeError(f"{len(failures)} of {count} {what} samples failed, first: {failures[0]}")
+    for failure in failures:
+        print(f"warning: skipped a {what} sample that failed to render ({failure})", flush=True)
+    n = len(kept)
+    if tmp is None or out is None:
+        return Samples(**{name: arrays[name][:n] for name in FIELDS})
+    for array in arrays.values():
+        array.flush()  # type: ignore[attr-defined]
+    if n < count:  # rare: rewrite without the unused tail
+        Samples(**{name: np.array(arrays[name][:n]) for name in FIELDS}).save(out)
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(out)
+    return Samples.load(out)
 
 
 # Lateral views with axial rotation across the whole range QC must judge (the general mix has few):
@@ -72,7 +151,7 @@ def make_sample(
     render_px: int = RENDER_PX,
     fault_rate: float = 0.5,
     lateral_rotation: bool = False,
-) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.bool_], int]:
+) -> Sample:
     if lateral_rotation:
         options = SetOptions(seed=seed, size_px=render_px, fault_rate=fault_rate, views=("lateral",))
         image = generate_image(options, index, acquisition=_lateral_rotation(seed, index))
@@ -92,9 +171,7 @@ def make_sample(
     return np.rint(net_input[0, 0] * 255).astype(np.uint8), masks, defined, view
 
 
-def _job(
-    args: tuple[int, int, int, int, bool],
-) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.bool_], int] | str:
+def _job(args: tuple[int, int, int, int, bool]) -> Sample | str:
     seed, index, size, render_px, lateral_rotation = args
     try:
         return make_sample(seed, index, size, render_px, lateral_rotation=lateral_rotation)
@@ -109,23 +186,7 @@ def build_samples(
     render_px: int = RENDER_PX,
     workers: int | None = None,
     lateral_rotation: bool = False,
+    out: Path | None = None,
 ) -> Samples:
     jobs = [(seed, i, size, render_px, lateral_rotation) for i in range(count)]
-    # one BLAS thread per worker: the resampling matmuls oversubscribe the cores otherwise (5x slower)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1, mp_context=context) as pool:
-        outcomes = list(pool.map(_job, jobs, chunksize=8))
-    failures = [o for o in outcomes if isinstance(o, str)]
-    if len(failures) > max(1, count // 100):
-        raise RuntimeError(f"{len(failures)} of {count} phantom samples failed, first: {failures[0]}")
-    for failure in failures:
-        print(f"warning: skipped a phantom sample that failed to render ({failure})", flush=True)
-    results = [o for o in outcomes if not isinstance(o, str)]
-    return Samples(
-        images=np.stack([r[0] for r in results]),
-        masks=np.stack([r[1] for r in results]),
-        defined=np.stack([r[2] for r in results]),
-        views=np.array([r[3] for r in results], dtype=np.int64),
-    )
+    return run_jobs(_job, jobs, size, "phantom", workers, out)

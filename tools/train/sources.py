@@ -53,21 +53,29 @@ def valid_area(image: F32) -> NDArray[np.bool_]:
 
 
 class CachedSource:
-    def __init__(self, name: str, samples: Samples) -> None:
+    """Cached sample sets read as one (without copying them into one array: they may be memory-mapped)."""
+
+    def __init__(self, name: str, parts: list[Samples]) -> None:
         self.name = name
-        self.samples = samples
+        self.parts = parts
+        self.starts = np.cumsum([0, *(len(p) for p in parts)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
 
     def draw(self, rng: np.random.Generator) -> Item:
-        return self.item(int(rng.integers(len(self.samples))))
+        return self.item(int(rng.integers(len(self))))
 
     def item(self, i: int) -> Item:
-        image = self.samples.images[i].astype(np.float32) / np.float32(255.0)
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        samples, j = self.parts[part], i - int(self.starts[part])
+        image = samples.images[j].astype(np.float32) / np.float32(255.0)
         return Item(
             image=image,
-            masks=self.samples.masks[i],
-            known=self.samples.defined[i].astype(np.uint8),
+            masks=np.asarray(samples.masks[j]),
+            known=np.asarray(samples.defined[j], dtype=np.uint8),
             valid=valid_area(image),
-            view=int(self.samples.views[i]),
+            view=int(samples.views[j]),
         )
 
 

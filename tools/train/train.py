@@ -178,15 +178,15 @@ class Mixture:
     """Draws each batch slot from a source by its share. The phantom is walked through a fresh
     permutation each epoch (with the phantom alone, every image once per epoch, as before)."""
 
-    def __init__(self, phantom: Samples, others: list[tuple[Source, float]], batch: int) -> None:
-        self.phantom = phantom
+    def __init__(self, phantom_count: int, others: list[tuple[Source, float]], batch: int) -> None:
+        self.phantom_count = phantom_count
         self.others = others
         self.batch = batch
         self.phantom_share = 1.0 - sum(share for _, share in others)
 
     def batches(self, seed: int, epoch: int, steps: int) -> list[tuple[np.ndarray, list[tuple[int, int]]]]:
         """Per step: the phantom indices and the (source, slot) of the other slots."""
-        order = np.random.default_rng([seed, epoch]).permutation(len(self.phantom))
+        order = np.random.default_rng([seed, epoch]).permutation(self.phantom_count)
         choose = np.random.default_rng([seed, epoch, 1])
         shares = np.array([self.phantom_share, *(share for _, share in self.others)])
         plan, cursor = [], 0
@@ -223,26 +223,24 @@ def evaluate_samples(model: ResUNet, samples: Samples, bf16: bool) -> dict[str, 
 def load_or_build(
     cache: Path, name: str, seed: int, count: int, size: int, lateral_rotation: bool = False
 ) -> Samples:
-    path = cache / f"{name}-seed{seed}-n{count}-s{size}.npz"
+    path = cache / f"{name}-seed{seed}-n{count}-s{size}"
     if path.exists():
         return Samples.load(path)
     start = time.perf_counter()
-    samples = build_samples(seed, count, size, lateral_rotation=lateral_rotation)
-    samples.save(path)
+    samples = build_samples(seed, count, size, lateral_rotation=lateral_rotation, out=path)
     print(f"{name}: built {count} phantom samples in {time.perf_counter() - start:.0f} s -> {path.name}", flush=True)
     return samples
 
 
 def load_or_build_ct(cache: Path, seed: int, count: int, size: int) -> Samples:
+    from tools.ctdrr import TRAINING_CTS
     from tools.ctdrr.samples import build_ct_samples
-    from tools.ctdrr.volumes import TRAINING_CTS
 
-    path = cache / f"ct-seed{seed}-n{count}-s{size}.npz"
+    path = cache / f"ct-seed{seed}-n{count}-s{size}"
     if path.exists():
         return Samples.load(path)
     start = time.perf_counter()
-    samples: Samples = build_ct_samples(seed, count, TRAINING_CTS, size)
-    samples.save(path)
+    samples = build_ct_samples(seed, count, TRAINING_CTS, size, out=path)
     print(f"ct: built {count} CT DRR samples in {time.perf_counter() - start:.0f} s -> {path.name}", flush=True)
     return samples
 
@@ -261,17 +259,19 @@ def train(
         raise ValueError(f"{run} holds a run with another recipe ({recipe_path}); use a new --out")
     recipe_path.write_text(json.dumps(asdict(recipe), indent=1))
     torch.manual_seed(recipe.seed)
-    train_set = load_or_build(cache, "train", recipe.train_seed, recipe.samples, recipe.size)
+    phantom_parts = [load_or_build(cache, "train", recipe.train_seed, recipe.samples, recipe.size)]
     if recipe.lateral_rotation_samples:
-        extra = load_or_build(
-            cache,
-            "lateral-rotation",
-            recipe.train_seed,
-            recipe.lateral_rotation_samples,
-            recipe.size,
-            lateral_rotation=True,
+        phantom_parts.append(
+            load_or_build(
+                cache,
+                "lateral-rotation",
+                recipe.train_seed,
+                recipe.lateral_rotation_samples,
+                recipe.size,
+                lateral_rotation=True,
+            )
         )
-        train_set = train_set.concatenate(extra)
+    phantom = CachedSource("phantom", phantom_parts)
     val_set = load_or_build(cache, "validation", recipe.validation_seed, recipe.validation_samples, recipe.size)
     others: list[tuple[Source, float]] = []
     real_validation = None
@@ -284,14 +284,13 @@ def train(
         real_validation = RealValidation(load_films(real_set, "validation", trusted_only=True), recipe.size)
     if recipe.ct_fraction > 0:
         ct = load_or_build_ct(cache, recipe.ct_seed, recipe.ct_samples, recipe.size)
-        others.append((CachedSource("ct", ct), recipe.ct_fraction))
-    mixture = Mixture(train_set, others, recipe.batch)
-    phantom = CachedSource("phantom", train_set)
+        others.append((CachedSource("ct", [ct]), recipe.ct_fraction))
+    mixture = Mixture(len(phantom), others, recipe.batch)
 
     model = ResUNet(len(STRUCTURES), len(VIEW_CLASSES), base=recipe.base_channels)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
-    steps_per_epoch = recipe.steps_per_epoch or len(train_set) // recipe.batch
+    steps_per_epoch = recipe.steps_per_epoch or len(phantom) // recipe.batch
     total_steps = steps_per_epoch * recipe.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
