@@ -95,12 +95,18 @@ def test_lumbar_crop_uses_the_size_only_and_keeps_t12_to_l5() -> None:
         assert film.quad("T12")[:, 1].min() > y0 and film.quad("L5")[:, 1].max() <= y1
 
 
-def test_targets_cover_the_boxes_and_leave_the_unlabelled_alone() -> None:
-    film = fixture_film(READ_BY_EYE)
+def lumbar_targets(name: str):  # type: ignore[no-untyped-def]
+    """A fixture film's lumbar crop: its pixels, transform, crop box, targets and supervision."""
+    film = fixture_film(name)
     crop = film.lumbar_crop()
     pixels = film.pixels()[crop[1] : crop[3], crop[0] : crop[2]]
     _, transform = preprocess(pixels, 256)
     masks, known = film_targets(film, crop, transform)
+    return film, crop, pixels, transform, masks, known
+
+
+def test_targets_cover_the_boxes_and_leave_the_unlabelled_alone() -> None:
+    film, crop, pixels, transform, masks, known = lumbar_targets(READ_BY_EYE)
     for channel in BODY_CHANNELS:
         assert known[channel].all() and masks[channel].max() == 255
     assert masks[DISC_CHANNEL].max() == 255 and 0 < known[DISC_CHANNEL].mean() < 1  # L5/S1 left open
@@ -116,11 +122,7 @@ def test_targets_cover_the_boxes_and_leave_the_unlabelled_alone() -> None:
 
 
 def test_a_mask_one_level_off_is_found_but_at_the_wrong_level() -> None:
-    film = fixture_film(READ_BY_EYE)
-    crop = film.lumbar_crop()
-    pixels = film.pixels()[crop[1] : crop[3], crop[0] : crop[2]]
-    _, transform = preprocess(pixels, 256)
-    masks, _ = film_targets(film, crop, transform)
+    film, crop, pixels, transform, masks, _ = lumbar_targets(READ_BY_EYE)
     bodies = (masks[list(BODY_CHANNELS)] / np.float32(255)).astype(np.float32)
     shifted = np.roll(bodies, 1, axis=0)  # channel L2 now holds L1's box, and so on
     shifted[0] = 0

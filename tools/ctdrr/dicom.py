@@ -11,15 +11,12 @@ import hashlib
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.uid import UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
 import edge
 from tools.ctdrr.render import CtRendering
-from tools.phantom.acquisition import SID_MM
-from tools.phantom.dicom_io import VIEW_CODE
+from tools.phantom.dicom_io import VIEW_CODE, DxImage, add_image
 
 VIEW_POSITION: Final[dict[str, str]] = {"AP": "AP", "LL": "LL", "RL": "RL", "LPO": "LPO", "RPO": "RPO"}
 # DICOM CID 4010 (DX View), SNOMED CT
@@ -70,65 +67,27 @@ def build_dataset(r: CtRendering, seed: int, index: int) -> Dataset:
     ds.DeviceSerialNumber = "CTDRR-0001"
     ds.InstitutionName = "Synthetic (CT DRR)"
     ds.StationName = "CTDRR"
-    ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = date, time
-    ds.AcquisitionDateTime = when.strftime("%Y%m%d%H%M%S")
-    ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.PatientOrientation = pose.patient_orientation
-    ds.BurnedInAnnotation = "NO"
-    ds.LossyImageCompression = "00"
-    ds.QualityControlImage = "NO"
-    ds.BodyPartExamined = "LSPINE"
-    ds.ImageLaterality = "U"
-    region = Dataset()
-    region.CodeValue = "122496007"
-    region.CodingSchemeDesignator = "SCT"
-    region.CodeMeaning = "Lumbar spine"
-    ds.AnatomicRegionSequence = Sequence([region])
-    ds.ViewPosition = VIEW_POSITION[pose.projection]
-    view = Dataset()
-    view.CodeValue, view.CodeMeaning = CODES[pose.projection]
-    view.CodingSchemeDesignator = "SCT"
-    view.ViewModifierCodeSequence = Sequence([])
-    ds.ViewCodeSequence = Sequence([view])
-    ds.PositionerType = "COLUMN"
-    ds.PatientPosition = ""
-    ds.AcquisitionContextSequence = Sequence([])
-    rows, cols = r.stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = ex.photometric
-    ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated = 16
-    ds.BitsStored = ex.bits_stored
-    ds.HighBit = ex.bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelIntensityRelationship = "LOG"
-    ds.PixelIntensityRelationshipSign = -1 if ex.photometric == "MONOCHROME2" else 1
-    ds.RescaleIntercept = 0
-    ds.RescaleSlope = 1
-    ds.RescaleType = "US"
-    ds.PresentationLUTShape = "IDENTITY" if ex.photometric == "MONOCHROME2" else "INVERSE"
-    ds.WindowCenter = f"{r.window_centre:.1f}"
-    ds.WindowWidth = f"{r.window_width:.1f}"
-    ds.WindowCenterWidthExplanation = "NORMAL"
-    ds.AcquisitionDeviceProcessingDescription = "LOG, RANGE COMPRESSION, EDGE ENHANCEMENT"
-    ds.DetectorType = "SCINTILLATOR"
-    ds.DetectorConfiguration = "AREA"
-    ds.ImagerPixelSpacing = [f"{r.detector.pitch_mm:.6f}", f"{r.detector.pitch_mm:.6f}"]
-    ds.PixelSpacing = [f"{r.pixel_spacing_mm:.6f}", f"{r.pixel_spacing_mm:.6f}"]
-    ds.PixelSpacingCalibrationType = "GEOMETRY"
-    ds.PixelSpacingCalibrationDescription = "Magnification at the spine plane from the acquisition geometry"
-    ds.EstimatedRadiographicMagnificationFactor = f"{pose.magnification:.5f}"
-    ds.DistanceSourceToDetector = f"{SID_MM:.1f}"
-    ds.DistanceSourceToPatient = f"{SID_MM / pose.magnification:.1f}"
-    ds.FieldOfViewShape = "RECTANGLE"
-    ds.FieldOfViewDimensions = [round(rows * r.detector.pitch_mm), round(cols * r.detector.pitch_mm)]
-    ds.Grid = ["FOCUSED", "RECIPROCATING"]
-    ds.KVP = f"{ex.kvp:.0f}"
-    ds.ExposureIndex = f"{r.exposure_index:.1f}"
-    ds.TargetExposureIndex = f"{ex.target_ei:.1f}"
-    ds.DeviationIndex = f"{10 * np.log10(float(ds.ExposureIndex) / float(ds.TargetExposureIndex)):.2f}"
-    ds.PixelData = np.ascontiguousarray(r.stored, dtype="<u2").tobytes()
+    add_image(
+        ds,
+        DxImage(
+            stored=r.stored,
+            photometric=ex.photometric,
+            bits_stored=ex.bits_stored,
+            window_centre=r.window_centre,
+            window_width=r.window_width,
+            pitch_mm=r.detector.pitch_mm,
+            magnification=pose.magnification,
+            kvp=ex.kvp,
+            exposure_index=r.exposure_index,
+            target_ei=ex.target_ei,
+            view_position=VIEW_POSITION[pose.projection],
+            view_code=CODES[pose.projection],
+            patient_orientation=pose.patient_orientation,
+            image_type=("DERIVED", "PRIMARY"),
+            detector_id="CTDRR-CSI-43",
+        ),
+        when,
+    )
     return ds
 
 

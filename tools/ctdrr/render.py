@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from scipy import ndimage
-from scipy.special import erf
 
 from edge.qc.structures import STRUCTURE_VIEWS, STRUCTURES, View
 from tools.ctdrr.geometry import CtPose, Field, choose_field, sample_pose, substituted_length
@@ -31,14 +30,19 @@ from tools.ctdrr.project import MASK_MIN_CHORD_MM, line_integrals, single_thread
 from tools.ctdrr.volumes import CtVolume, load_ct
 from tools.phantom.acquisition import DETECTOR_MM, SID_MM, TARGET_EI
 from tools.phantom.raycast import Detector
+from tools.phantom.render import (
+    DETECTOR_MTF50_MM,
+    ELECTRONIC_NOISE_QUANTA,
+    QUANTA_PER_UGY_MM2,
+    blur_large,
+    edge_profile,
+    smooth,
+)
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 Bool = NDArray[np.bool_]
 
-QUANTA_PER_UGY_MM2: Final = 28_500.0  # as the phantom
-DETECTOR_MTF50_MM: Final = 0.107
-ELECTRONIC_NOISE_QUANTA: Final = 3.0
 PENUMBRA_MM: Final = 1.2
 SOFT_TISSUE_MODEL: Final = 0.97  # water-relative attenuation of the substituted trunk (fat and muscle)
 LINE_PITCH_MM: Final = 1.5  # detector pitch the attenuation is ray-cast at (CT voxels are 1-3 mm)
@@ -130,37 +134,6 @@ def labelled_channels(ct: CtVolume, view: View) -> Bool:
         [name == "field" or (name in ct.labelled and view in STRUCTURE_VIEWS[name]) for name in STRUCTURES],
         dtype=bool,
     )
-
-
-def _smooth(image: F32, sigma_px: float) -> F32:
-    """Gaussian-like blur in O(1) per pixel (three box filters) for large sigmas."""
-    if sigma_px < 0.3:
-        return image
-    if sigma_px < 2.0:
-        return np.asarray(ndimage.gaussian_filter(image, sigma_px, mode="nearest"), dtype=np.float32)
-    width = max(3, round(np.sqrt(4 * sigma_px**2 + 1)) | 1)
-    out = image
-    for _ in range(3):
-        out = ndimage.uniform_filter(out, width, mode="nearest")
-    return np.asarray(out, dtype=np.float32)
-
-
-def _blur_large(image: F32, sigma_px: float) -> F32:
-    """Large Gaussian blur on a reduced grid."""
-    factor = max(1, int(sigma_px // 4))
-    if factor == 1:
-        return np.asarray(ndimage.gaussian_filter(image, sigma_px, mode="nearest"), dtype=np.float32)
-    rows, cols = image.shape
-    padded = np.pad(image, ((0, (-rows) % factor), (0, (-cols) % factor)), mode="edge")
-    small = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean(axis=(1, 3))
-    small = ndimage.gaussian_filter(small, sigma_px / factor, mode="nearest")
-    big = ndimage.zoom(small, factor, order=1, mode="nearest", grid_mode=True)
-    return np.asarray(big[:rows, :cols], dtype=np.float32)
-
-
-def _edge_profile(coords: F64, lo: float, hi: float, width_mm: float) -> F32:
-    k = 1.0 / (np.sqrt(2.0) * width_mm)
-    return np.asarray(0.25 * (1 + erf((coords - lo) * k)) * (1 + erf((hi - coords) * k)), dtype=np.float32)
 
 
 def _attenuation(ct: CtVolume, pose: CtPose, exposure: Exposure, det: Detector, crop: tuple[int, int, int, int]) -> F32:
@@ -255,8 +228,8 @@ def _render(
     ray_len = np.sqrt(dx * dx + dy * dy + pose.source[2] ** 2)
     falloff = ((SID_MM / ray_len) ** 3 * (1.0 + exposure.heel_effect * ys[:, None] / 200.0)).astype(np.float32)
     field_weight = (
-        _edge_profile(ys, field.y0, field.y1, PENUMBRA_MM)[:, None]
-        * _edge_profile(xs, field.x0, field.x1, PENUMBRA_MM)[None, :]
+        edge_profile(ys, field.y0, field.y1, PENUMBRA_MM)[:, None]
+        * edge_profile(xs, field.x0, field.x1, PENUMBRA_MM)[None, :]
     )
     primary = np.exp(-line) * falloff * field_weight
 
@@ -267,10 +240,10 @@ def _render(
     spine &= in_field
     if spine.sum() < 20:
         spine = in_field & (np.abs(xs[None, :] - 0.5 * (field.x0 + field.x1)) < 25.0)
-    scatter = _blur_large(primary, 40.0 / det.pitch_mm)
+    scatter = blur_large(primary, 40.0 / det.pitch_mm)
     ratio = float(primary[spine].mean() / max(float(scatter[spine].mean()), 1e-12))
     transmitted = primary + scatter * np.float32(exposure.scatter_to_primary * ratio)
-    transmitted = _smooth(transmitted, DETECTOR_MTF50_MM / det.pitch_mm)
+    transmitted = smooth(transmitted, DETECTOR_MTF50_MM / det.pitch_mm)
 
     quanta_per_ugy = QUANTA_PER_UGY_MM2 * det.pitch_mm**2
     target_ei = exposure.target_ei * 10 ** (exposure.deviation_index / 10)
@@ -286,9 +259,9 @@ def _render(
     np.clip(noisy, 1.0, None, out=noisy)
 
     log_image = np.log(np.float32(i0) / noisy)
-    coarse = _blur_large(log_image, exposure.compression_sigma_mm / det.pitch_mm)
-    medium = _smooth(log_image, max(4.0 / det.pitch_mm, 0.8))
-    fine = _smooth(log_image, max(1.2 / det.pitch_mm, 0.5))
+    coarse = blur_large(log_image, exposure.compression_sigma_mm / det.pitch_mm)
+    medium = smooth(log_image, max(4.0 / det.pitch_mm, 0.8))
+    fine = smooth(log_image, max(1.2 / det.pitch_mm, 0.5))
     processed = (
         coarse * np.float32(1 - exposure.range_compression)
         + (log_image - coarse)

@@ -138,11 +138,60 @@ def build_dataset(
     ds.InstitutionName = "Synthetic phantom"
     ds.StationName = "PHANTOM"
     # image
+    add_image(
+        ds,
+        DxImage(
+            stored=stored,
+            photometric=acq.photometric,
+            bits_stored=acq.bits_stored,
+            window_centre=window_centre,
+            window_width=window_width,
+            pitch_mm=pitch_mm,
+            magnification=magnification,
+            kvp=acq.kvp,
+            exposure_index=exposure_index,
+            target_ei=acq.target_ei,
+            view_position=VIEW_POSITION[acq.projection],
+            view_code=VIEW_CODE[acq.projection],
+            patient_orientation=PATIENT_ORIENTATION[acq.projection],
+            image_type=("ORIGINAL", "PRIMARY"),
+            detector_id="PHANTOM-CSI-43",
+        ),
+        when,
+    )
+    ds.BodyPartThickness = f"{patient_thickness_mm:.0f}"
+    return ds
+
+
+@dataclass(frozen=True)
+class DxImage:
+    """One exposure as a DX For Presentation image records it: shared by the phantom and the CT DRRs."""
+
+    stored: NDArray[np.uint16]
+    photometric: str
+    bits_stored: int
+    window_centre: float
+    window_width: float
+    pitch_mm: float
+    magnification: float
+    kvp: float
+    exposure_index: float
+    target_ei: float
+    view_position: str
+    view_code: tuple[str, str]
+    patient_orientation: list[str]
+    image_type: tuple[str, str]
+    detector_id: str
+
+
+def add_image(ds: Dataset, image: DxImage, when: dt.datetime) -> None:
+    """The image, view, pixel, detector, geometry and exposure attributes of a lumbar-spine DX image."""
+    stored, magnification, pitch_mm = image.stored, image.magnification, image.pitch_mm
     ds.InstanceNumber = 1
-    ds.ContentDate, ds.ContentTime = date, time
+    ds.ContentDate, ds.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     ds.AcquisitionDateTime = when.strftime("%Y%m%d%H%M%S")
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.PatientOrientation = PATIENT_ORIENTATION[acq.projection]
+    ds.ImageType = list(image.image_type)
+    ds.PatientOrientation = image.patient_orientation
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     ds.QualityControlImage = "NO"
@@ -153,9 +202,9 @@ def build_dataset(
     region.CodingSchemeDesignator = "SCT"
     region.CodeMeaning = "Lumbar spine"
     ds.AnatomicRegionSequence = Sequence([region])
-    ds.ViewPosition = VIEW_POSITION[acq.projection]
+    ds.ViewPosition = image.view_position
     view = Dataset()
-    view.CodeValue, view.CodeMeaning = VIEW_CODE[acq.projection]
+    view.CodeValue, view.CodeMeaning = image.view_code
     view.CodingSchemeDesignator = "SCT"
     view.ViewModifierCodeSequence = Sequence([])
     ds.ViewCodeSequence = Sequence([view])
@@ -165,26 +214,26 @@ def build_dataset(
     # pixels
     rows, cols = stored.shape
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = acq.photometric
+    ds.PhotometricInterpretation = image.photometric
     ds.Rows, ds.Columns = rows, cols
     ds.BitsAllocated = 16
-    ds.BitsStored = acq.bits_stored
-    ds.HighBit = acq.bits_stored - 1
+    ds.BitsStored = image.bits_stored
+    ds.HighBit = image.bits_stored - 1
     ds.PixelRepresentation = 0
     ds.PixelIntensityRelationship = "LOG"
-    ds.PixelIntensityRelationshipSign = -1 if acq.photometric == "MONOCHROME2" else 1
+    ds.PixelIntensityRelationshipSign = -1 if image.photometric == "MONOCHROME2" else 1
     ds.RescaleIntercept = 0
     ds.RescaleSlope = 1
     ds.RescaleType = "US"
-    ds.PresentationLUTShape = "IDENTITY" if acq.photometric == "MONOCHROME2" else "INVERSE"
-    ds.WindowCenter = f"{window_centre:.1f}"
-    ds.WindowWidth = f"{window_width:.1f}"
+    ds.PresentationLUTShape = "IDENTITY" if image.photometric == "MONOCHROME2" else "INVERSE"
+    ds.WindowCenter = f"{image.window_centre:.1f}"
+    ds.WindowWidth = f"{image.window_width:.1f}"
     ds.WindowCenterWidthExplanation = "NORMAL"
     ds.AcquisitionDeviceProcessingDescription = "LOG, RANGE COMPRESSION, EDGE ENHANCEMENT"
     # detector and geometry
     ds.DetectorType = "SCINTILLATOR"
     ds.DetectorConfiguration = "AREA"
-    ds.DetectorID = "PHANTOM-CSI-43"
+    ds.DetectorID = image.detector_id
     ds.ImagerPixelSpacing = [f"{pitch_mm:.6f}", f"{pitch_mm:.6f}"]
     spacing = pitch_mm / magnification
     ds.PixelSpacing = [f"{spacing:.6f}", f"{spacing:.6f}"]
@@ -193,17 +242,15 @@ def build_dataset(
     ds.EstimatedRadiographicMagnificationFactor = f"{magnification:.5f}"
     ds.DistanceSourceToDetector = f"{SID_MM:.1f}"
     ds.DistanceSourceToPatient = f"{SID_MM / magnification:.1f}"  # to the isocentre (the spine plane)
-    ds.BodyPartThickness = f"{patient_thickness_mm:.0f}"
     ds.FieldOfViewShape = "RECTANGLE"
     ds.FieldOfViewDimensions = [round(rows * pitch_mm), round(cols * pitch_mm)]
     ds.Grid = ["FOCUSED", "RECIPROCATING"]
     # exposure (IEC 62494-1): DI = 10 log10(EI / EI_T), kept consistent
-    ds.KVP = f"{acq.kvp:.0f}"
-    ds.ExposureIndex = f"{exposure_index:.1f}"
-    ds.TargetExposureIndex = f"{acq.target_ei:.1f}"
+    ds.KVP = f"{image.kvp:.0f}"
+    ds.ExposureIndex = f"{image.exposure_index:.1f}"
+    ds.TargetExposureIndex = f"{image.target_ei:.1f}"
     ds.DeviationIndex = f"{10 * np.log10(float(ds.ExposureIndex) / float(ds.TargetExposureIndex)):.2f}"
     ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
-    return ds
 
 
 def write_dicom(ds: Dataset, path: Path, compression: Compression) -> None:

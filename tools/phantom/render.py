@@ -157,7 +157,7 @@ def _marker(det: Detector, field: Field, letter: str, mirrored: bool) -> F32:
     return out
 
 
-def _smooth(image: F32, sigma_px: float) -> F32:
+def smooth(image: F32, sigma_px: float) -> F32:
     """Gaussian-like blur in O(1) per pixel: three box filters of matching variance."""
     if sigma_px < 0.3:
         return image
@@ -176,12 +176,12 @@ def _bone_texture(bone: F32, pitch_mm: float, rng: np.random.Generator) -> F32:
     if not bone.any():
         return np.zeros(bone.shape, dtype=np.float32)
     noise = rng.standard_normal(bone.shape, dtype=np.float32)
-    band = _smooth(noise, max(0.5 / pitch_mm, 0.4)) - _smooth(noise, max(2.0 / pitch_mm, 0.8))
+    band = smooth(noise, max(0.5 / pitch_mm, 0.4)) - smooth(noise, max(2.0 / pitch_mm, 0.8))
     band *= np.float32(0.02 / max(float(band.std()), 1e-6))
     return np.asarray(band * bone, dtype=np.float32)
 
 
-def _blur_large(image: F32, sigma_px: float) -> F32:
+def blur_large(image: F32, sigma_px: float) -> F32:
     """Gaussian blur with a large sigma, done on a reduced grid (the result is smooth anyway)."""
     factor = max(1, int(sigma_px // 4))
     if factor == 1:
@@ -195,7 +195,7 @@ def _blur_large(image: F32, sigma_px: float) -> F32:
     return np.asarray(big[:rows, :cols], dtype=np.float32)
 
 
-def _edge_profile(coords: F64, lo: float, hi: float, width_mm: float) -> F32:
+def edge_profile(coords: F64, lo: float, hi: float, width_mm: float) -> F32:
     """1-D field profile with a penumbra: ~1 inside [lo, hi], falling off as an error function."""
     from scipy.special import erf
 
@@ -251,8 +251,8 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
     ray_len = np.sqrt(dx * dx + dy * dy + pose.source[2] ** 2)
     falloff = ((SID_MM / ray_len) ** 3 * (1.0 + acq.heel_effect * ys[:, None] / 200.0)).astype(np.float32)
     field_weight = (
-        _edge_profile(ys, field.y0, field.y1, penumbra_mm)[:, None]
-        * _edge_profile(xs, field.x0, field.x1, penumbra_mm)[None, :]
+        edge_profile(ys, field.y0, field.y1, penumbra_mm)[:, None]
+        * edge_profile(xs, field.x0, field.x1, penumbra_mm)[None, :]
     )
     primary = np.exp(-line_integral) * falloff * field_weight
 
@@ -264,10 +264,10 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
         spine_region = body if body.sum() >= 20 else in_field
 
     # scatter: low-frequency copy of the primary, scaled to the view's scatter-to-primary ratio
-    scatter = _blur_large(primary, 40.0 / det.pitch_mm)
+    scatter = blur_large(primary, 40.0 / det.pitch_mm)
     ratio = float(primary[spine_region].mean() / max(float(scatter[spine_region].mean()), 1e-12))
     transmitted = primary + scatter * np.float32(acq.scatter_to_primary * ratio)
-    transmitted = _smooth(transmitted, DETECTOR_MTF50_MM / det.pitch_mm)
+    transmitted = smooth(transmitted, DETECTOR_MTF50_MM / det.pitch_mm)
 
     # dose: EI = 100 x detector air kerma (uGy) in the spine region (IEC 62494-1), set from the DI
     quanta_per_ugy = QUANTA_PER_UGY_MM2 * det.pitch_mm**2
@@ -299,8 +299,8 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
 
     # For Presentation: log, range compression, edge enhancement, window to the stored bit depth
     log_image = np.log(np.float32(i0) / noisy)
-    coarse = _blur_large(log_image, 60.0 / det.pitch_mm)
-    fine = _smooth(log_image, max(1.5 / det.pitch_mm, 0.5))
+    coarse = blur_large(log_image, 60.0 / det.pitch_mm)
+    fine = smooth(log_image, max(1.5 / det.pitch_mm, 0.5))
     processed = (
         coarse * np.float32(1 - acq.range_compression)
         + (log_image - coarse)
