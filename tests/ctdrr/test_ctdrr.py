@@ -18,6 +18,7 @@ from tools.ctdrr.dicom import build_dataset  # noqa: E402
 from tools.ctdrr.geometry import CtPose, Field, make_pose  # noqa: E402
 from tools.ctdrr.render import CtRendering, render, sample_exposure, sample_geometry  # noqa: E402
 from tools.ctdrr.volumes import CtVolume, load_ct  # noqa: E402
+from tools.phantom.dataset import load_masks  # noqa: E402
 
 
 def _render(name: str, view: str, seed: int, size: int = 512) -> tuple[CtVolume, CtRendering]:
@@ -85,7 +86,9 @@ def test_same_seed_same_bytes_and_dicom_decodes(tmp_path: Path) -> None:
             tmp_path / "b" / "masks" / f"{file.stem}.npz"
         ).read_bytes()
         radiograph = decode(read_dataset(file))
-        assert radiograph.pixels.shape == (256, 256)
+        assert min(radiograph.pixels.shape) >= 256  # the whole detector, or cropped to the field
+        masks = load_masks(tmp_path / "a" / "masks" / f"{file.stem}.npz")
+        assert radiograph.pixels.shape == masks["field"].shape
         assert radiograph.body_part == "LSPINE"
         assert radiograph.pixel_spacing_mm is not None and radiograph.spacing_source
         assert radiograph.view_position in ("AP", "LL", "RL", "LPO", "RPO")
@@ -158,3 +161,27 @@ def test_canal_rule_matches_totalsegs_body_label() -> None:
         derived = labels.body_by_canal(vertebrae[level], grid, canals[level])
         truth = vertebrae[level] & (body == 1)
         assert 2 * (derived & truth).sum() / (derived.sum() + truth.sum()) > 0.9
+
+
+def test_most_renders_are_cropped_to_their_field_like_a_dr_system() -> None:
+    """A CT holds part of a trunk only: cropped to the field (plus a margin), the spine fills the image
+    as on a lumbar film; the field's recorded position follows the crop."""
+    from tools.ctdrr.render import render_random
+
+    cropped = 0
+    for seed in range(4):
+        r = render_random("totalseg", "ap", 256, np.random.default_rng(seed))
+        field = r.masks["field"]
+        rows, cols = np.nonzero(field)
+        c_from, c_to, r_from, r_to = r.field_px
+        assert abs(c_from - cols.min()) <= 1.5 and abs(c_to - cols.max()) <= 1.5
+        assert abs(r_from - rows.min()) <= 1.5 and abs(r_to - rows.max()) <= 1.5
+        if r.crop_offset != (0, 0):
+            cropped += 1
+            # the field and a margin of at most 60 mm, unless widened to a radiograph's smallest side
+            most = 2 * int(np.ceil(60.0 / r.detector.pitch_mm)) + 2
+            for extent, field_extent in ((field.shape[0], np.ptp(rows) + 1), (field.shape[1], np.ptp(cols) + 1)):
+                assert extent <= field_extent + most or extent == 256, (extent, field_extent)
+            assert r.detector.rows == 512  # rendered twice as fine before cropping
+            assert min(r.stored.shape) >= 256  # never smaller than a radiograph may be
+    assert cropped >= 2

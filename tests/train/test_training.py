@@ -15,7 +15,9 @@ from edge.qc.structures import STRUCTURES, VIEW_CLASSES
 from tools.export.export import export_run, ort_session
 from tools.train.train import Recipe, losses_of_first_steps, train
 
-TINY = Recipe(seed=3, samples=8, validation_samples=4, size=64, base_channels=4, epochs=1, batch=4, bf16=False)
+TINY = Recipe(
+    seed=3, samples=8, validation_samples=4, size=64, base_channels=4, epochs=1, batch=4, bf16=False, attention=True
+)
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path: Path) -> None:
@@ -120,3 +122,21 @@ def test_lateral_pedicle_targets_follow_the_prediction_order() -> None:
     ordered = order_pedicles(logits, masks, views)
     assert torch.equal(ordered[0, left], masks[0, right]) and torch.equal(ordered[0, right], masks[0, left])
     assert torch.equal(ordered[1], masks[1])  # AP: the sides are visible, never swapped
+
+
+def test_bottleneck_attention_starts_as_identity_and_sees_the_whole_image() -> None:
+    """Global self-attention: a new block changes nothing; once trained, a cell's output depends on a
+    cell at the far corner (a vertebra's level can follow from the sacrum or the last ribs)."""
+    import torch
+
+    from tools.train.model import GlobalAttention
+
+    torch.manual_seed(0)
+    block = GlobalAttention(channels=16, cells=8).eval()
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(block(x), x)
+        torch.nn.init.normal_(block.out.weight)
+        moved = x.clone()
+        moved[0, :, 0, 0] += 5.0  # change the top-left cell only
+        assert not torch.allclose(block(moved)[0, :, 7, 7], block(x)[0, :, 7, 7])

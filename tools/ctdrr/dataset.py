@@ -2,7 +2,7 @@
 
 Image `index` uses view views[index % len(views)] of CT cts[(index // len(views)) % len(cts)] and
 draws everything else from its own child of the seed (SeedSequence(seed, spawn_key=(index,))), so its
-bytes depend only on (seed, index, cts, views, size). Renders of the held-out CT (`chest`) are for
+bytes depend only on (seed, index, cts, views, size). Renders of the held-out CT (`verse012`) are for
 measurement only and must never be used for training.
 """
 

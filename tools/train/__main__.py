@@ -36,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct-fraction", type=float, default=defaults.ct_fraction, help="share of CT DRRs")
     parser.add_argument("--augment", choices=("basic", "full"), default=defaults.augment)
     parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch, help="0: one phantom pass")
+    parser.add_argument("--attention", action="store_true", help="global self-attention at the bottleneck")
     parser.add_argument("--cache", type=Path, default=None, help="folder for sample caches (default: the run)")
+    parser.add_argument(
+        "--stop-after-steps",
+        type=int,
+        default=None,
+        help="end the run after N steps in all (the schedule still spans --epochs)",
+    )
     args = parser.parse_args(argv)
     recipe = Recipe(
         seed=args.seed,
@@ -56,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         ct_fraction=args.ct_fraction,
         steps_per_epoch=args.steps_per_epoch,
         augment=args.augment,
+        attention=args.attention,
     )
     if args.epochs < 1 or args.samples < args.batch or args.batch < 1 or args.size < 32:
         parser.error("need --epochs >= 1, --batch >= 1, --samples >= --batch and --size >= 32")
     try:
-        metrics = train(args.out, recipe, cache=args.cache)
+        metrics = train(args.out, recipe, max_steps=args.stop_after_steps, cache=args.cache)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -126,11 +126,15 @@ def shutters(
     return images, masks, known
 
 
-def appearance(images: Tensor, valid: Tensor, s: AugmentSettings, g: torch.Generator) -> Tensor:
-    """Tone, processing, noise, grid lines and burned-in text, inside the image area."""
+def appearance(
+    images: Tensor, valid: Tensor, s: AugmentSettings, g: torch.Generator, chance: Tensor | None = None
+) -> Tensor:
+    """Tone, processing, noise, grid lines and burned-in text, inside the image area. `chance`: per
+    sample, the probability of tone and processing changes (default `s.appearance` for all)."""
     n, _, size, _ = images.shape
     x = images.clamp(0, 1)
-    apply = _chance(n, s.appearance, g)[:, None, None, None]
+    p = torch.full((n,), s.appearance) if chance is None else chance
+    apply = (torch.rand(n, generator=g) < p)[:, None, None, None]
     # tone: gamma, then an S-curve (or its inverse) of random strength
     gamma = torch.exp(_uniform(n, math.log(0.6), math.log(1.7), g))[:, None, None, None]
     toned = x.clamp(1e-4, 1) ** gamma
@@ -214,10 +218,12 @@ def augment_batch(
     views: Tensor,
     g: torch.Generator,
     settings: AugmentSettings | None = None,
+    appearance_chance: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """images N x 1 x S x S (network input), masks and known N x C x S x S, valid N x 1 x S x S."""
+    """images N x 1 x S x S (network input), masks and known N x C x S x S, valid N x 1 x S x S;
+    `appearance_chance` per sample (real films need less vendor randomisation than renders)."""
     s = settings or AugmentSettings()
     images, masks, known, valid = geometry(images, masks, known, valid, views, s, g)
     images, masks, known = shutters(images, masks, known, valid, s, g)
-    images = appearance(images, valid, s, g)
+    images = appearance(images, valid, s, g, appearance_chance)
     return renormalise(images, valid), masks, known

@@ -45,11 +45,46 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(self.fc2(F.relu(self.fc1(w))))
 
 
+class GlobalAttention(nn.Module):
+    """Self-attention over the bottleneck's cells, with learnt positions: every cell sees the whole image.
+    A vertebra's level follows from where the sacrum and the last ribs are, often farther away than a
+    convolution's reach; on real films the model without it shifted whole chains of levels by one.
+    Starts as the identity (zero output projection), so it only adds what training finds useful."""
+
+    def __init__(self, channels: int, cells: int, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.position = nn.Parameter(torch.zeros(1, channels, cells, cells))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.norm = nn.BatchNorm2d(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1, bias=False)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        d = c // self.heads
+        q, k, v = self.qkv(self.norm(x + self.position)).reshape(n, 3, self.heads, d, h * w).unbind(1)
+        weights = torch.softmax(torch.matmul(q.transpose(-2, -1), k) * (d**-0.5), dim=-1)  # n, heads, hw, hw
+        attended = torch.matmul(v, weights.transpose(-2, -1)).reshape(n, c, h, w)
+        out: Tensor = x + self.out(attended)
+        return out
+
+    def matmul_flops(self, cells: int, channels: int) -> float:
+        """The two attention products (2 x cells^2 x channels multiply-accumulates each)."""
+        return 2.0 * 2.0 * cells**4 * channels
+
+
 class ResUNet(nn.Module):
-    def __init__(self, n_structures: int, n_views: int, base: int = 16, depth: int = 5) -> None:
+    def __init__(
+        self, n_structures: int, n_views: int, base: int = 16, depth: int = 5, attention_cells: int = 0
+    ) -> None:
+        """`attention_cells`: the bottleneck's side in cells (input size / 2^(depth-1)) to add global
+        self-attention there; 0 for none (models up to 0.2.0)."""
         super().__init__()
         widths = [base * 2**i for i in range(depth)]
         self.widths = widths
+        self.attention = GlobalAttention(widths[-1], attention_cells) if attention_cells else None
         self.encoders = nn.ModuleList([ResidualBlock(1 if i == 0 else widths[i - 1], w) for i, w in enumerate(widths)])
         self.skips = nn.ModuleList([SqueezeExcite(w) for w in widths[:-1]])
         self.reduce = nn.ModuleList([nn.Conv2d(widths[i + 1], widths[i], 1) for i in range(depth - 1)])
@@ -65,6 +100,8 @@ class ResUNet(nn.Module):
         for i, encoder in enumerate(self.encoders):
             x = encoder(x if i == 0 else F.max_pool2d(x, 2))
             features.append(x)
+        if self.attention is not None:
+            x = self.attention(x)
         view = self.view_head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
         aux: list[Tensor] = []
         for i in reversed(range(len(self.decoders))):
@@ -102,10 +139,12 @@ def conv_flops(model: nn.Module, size: int) -> float:
             k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
             total += 2.0 * k * output.numel()
         elif isinstance(module, nn.Linear):
-            total += 2.0 * module.in_features * module.out_features
+            total += 2.0 * module.in_features * output.numel()
+        elif isinstance(module, GlobalAttention):
+            total += module.matmul_flops(int(output.shape[-1]), int(output.shape[1]))
 
     for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
+        if isinstance(m, nn.Conv2d | nn.Linear | GlobalAttention):
             hooks.append(m.register_forward_hook(conv_hook))
     was_training = model.training
     model.eval()

@@ -38,6 +38,7 @@ class Item:
     known: U8  # C x S x S, or C: 1 where the target is known
     valid: NDArray[np.bool_]  # S x S: the image area (not padding)
     view: int  # index into VIEW_CLASSES
+    real: bool = False  # a real radiograph (already a vendor's processing): less appearance randomisation
 
 
 class Source(Protocol):
@@ -144,4 +145,4 @@ class RealFilmSource:
         masks, known = film_targets(loaded.film, crop, transform)
         valid = np.zeros((self.size, self.size), dtype=bool)
         valid[transform.valid] = True
-        return Item(net_input[0, 0], masks, known, valid, AP)
+        return Item(net_input[0, 0], masks, known, valid, AP, real=True)

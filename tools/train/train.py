@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from edge.imaging.preprocess import DEFAULT_SIZE
 from edge.qc.structures import STRUCTURES, VIEW_CLASSES
-from tools.train.augment import augment_batch
+from tools.train.augment import AugmentSettings, augment_batch
 from tools.train.data import Samples, build_samples
 from tools.train.metrics import dice_scores
 from tools.train.model import ResUNet
@@ -34,6 +34,9 @@ from tools.train.validate_real import RealValidation
 TRAIN_SEED_OFFSET = 0
 VALIDATION_SEED_OFFSET = 500_000
 CT_SEED_OFFSET = 700_000
+# Real films already carry one vendor's processing: they get the tone and multi-scale changes half as
+# often as renders do (which need them to look like anything but their own generator).
+REAL_APPEARANCE_CHANCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Recipe:
     ct_fraction: float = 0.0  # share of each batch drawn from them
     steps_per_epoch: int = 0  # 0: one pass over the phantom set
     augment: str = "basic"  # "basic": intensity only; "full": tools.train.augment (geometry, shutters, vendors)
+    attention: bool = False  # global self-attention at the bottleneck (tools.train.model.GlobalAttention)
 
     @property
     def train_seed(self) -> int:
@@ -80,6 +84,13 @@ class Recipe:
             raise ValueError("ct_fraction > 0 needs ct_samples >= batch")
         if self.augment not in ("basic", "full"):
             raise ValueError(f"augment: {self.augment!r} is not basic or full")
+
+
+def build_model(recipe: Recipe) -> ResUNet:
+    """The network a recipe trains (and export rebuilds from its checkpoint)."""
+    depth = 5
+    cells = recipe.size // 2 ** (depth - 1) if recipe.attention else 0
+    return ResUNet(len(STRUCTURES), len(VIEW_CLASSES), base=recipe.base_channels, depth=depth, attention_cells=cells)
 
 
 def augment(images: Tensor, generator: torch.Generator) -> Tensor:
@@ -158,6 +169,7 @@ class Batch:
     known: Tensor  # N x C x S x S
     valid: Tensor  # N x 1 x S x S
     views: Tensor  # N
+    real: Tensor  # N, bool: a real radiograph
 
 
 def collate(items: list[Item]) -> Batch:
@@ -171,6 +183,7 @@ def collate(items: list[Item]) -> Batch:
         known=torch.from_numpy(known),
         valid=torch.from_numpy(np.stack([it.valid for it in items]).astype(np.float32))[:, None],
         views=torch.tensor([it.view for it in items], dtype=torch.int64),
+        real=torch.tensor([it.real for it in items], dtype=torch.bool),
     )
 
 
@@ -236,7 +249,7 @@ def load_or_build_ct(cache: Path, seed: int, count: int, size: int) -> Samples:
     from tools.ctdrr import TRAINING_CTS
     from tools.ctdrr.samples import build_ct_samples
 
-    path = cache / f"ct-seed{seed}-n{count}-s{size}"
+    path = cache / f"ct-{'-'.join(TRAINING_CTS)}-seed{seed}-n{count}-s{size}"
     if path.exists():
         return Samples.load(path)
     start = time.perf_counter()
@@ -287,7 +300,7 @@ def train(
         others.append((CachedSource("ct", [ct]), recipe.ct_fraction))
     mixture = Mixture(len(phantom), others, recipe.batch)
 
-    model = ResUNet(len(STRUCTURES), len(VIEW_CLASSES), base=recipe.base_channels)
+    model = build_model(recipe)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     steps_per_epoch = recipe.steps_per_epoch or len(phantom) // recipe.batch
@@ -319,8 +332,9 @@ def train(
                 items.append(others[source][0].draw(draws))
             batch = collate(items)
             if recipe.augment == "full":
+                chance = torch.where(batch.real, REAL_APPEARANCE_CHANCE, AugmentSettings().appearance)
                 images, masks, known = augment_batch(
-                    batch.images, batch.masks, batch.known, batch.valid, batch.views, generator
+                    batch.images, batch.masks, batch.known, batch.valid, batch.views, generator, None, chance
                 )
             else:
                 images, masks, known = augment(batch.images, generator), batch.masks, batch.known
@@ -402,7 +416,7 @@ def losses_of_first_steps(run: Path, recipe: Recipe, steps: int) -> list[float]:
     """For the smoke test: the loss of each of the first `steps` steps on a fixed batch."""
     samples = load_or_build(run, "train", recipe.train_seed, recipe.samples, recipe.size)
     torch.manual_seed(recipe.seed)
-    model = ResUNet(len(STRUCTURES), len(VIEW_CLASSES), base=recipe.base_channels)
+    model = build_model(recipe)
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate)
     images, masks, defined, views = to_tensors(samples, np.arange(min(recipe.batch, len(samples))))
     out = []
