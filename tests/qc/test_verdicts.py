@@ -14,8 +14,8 @@ from edge.qc.verdict import schema
 from tests.phantom.test_faults import TARGET
 from tests.qc.conftest import fault_case, judge_case
 from tools.phantom.acquisition import FAULTS
-from tools.phantom.dicom_io import write_dicom
 from tools.phantom.dataset import PhantomImage, SetOptions, generate_image, image_dataset
+from tools.phantom.dicom_io import write_dicom
 
 CASES = [(view, fault) for view, faults in FAULTS.items() for fault in faults]
 
