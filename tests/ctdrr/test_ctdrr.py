@@ -15,10 +15,11 @@ from edge.dicom.decode import decode, display_pixels, read_dataset  # noqa: E402
 from edge.qc.structures import STRUCTURES  # noqa: E402
 from tools.ctdrr import HELD_OUT_CTS, TRAINING_CTS  # noqa: E402
 from tools.ctdrr.dicom import build_dataset  # noqa: E402
-from tools.ctdrr.geometry import CtPose, Field, make_pose  # noqa: E402
+from tools.ctdrr.geometry import CtPose, make_pose  # noqa: E402
 from tools.ctdrr.render import CtRendering, render, sample_exposure, sample_geometry  # noqa: E402
 from tools.ctdrr.volumes import CtVolume, load_ct  # noqa: E402
 from tools.phantom.dataset import load_masks  # noqa: E402
+from tools.phantom.render import Field  # noqa: E402
 
 
 def _render(name: str, view: str, seed: int, size: int = 512) -> tuple[CtVolume, CtRendering]:

@@ -12,16 +12,17 @@ import pydicom
 import pytest
 
 from edge.cli import main
-from edge.config import load_config
+from edge.config import DEFAULT_MODEL, load_config
 from tests.mosquitto import Broker, Subscriber, wait_for
 from tests.service.test_serve import scrape, site_config, start_daemon, stop_daemon
 
 HEALTH = Path(__file__).resolve().parents[2] / "engines" / "health"
+SERVED = DEFAULT_MODEL.name  # the daemon serves the default model version
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
-    """A real Mosquitto and `edge-qc serve` (model 0.2.0), shared by the probes of this module."""
+    """A real Mosquitto and `edge-qc serve` (the default model), shared by the probes of this module."""
     folder = tmp_path_factory.mktemp("probe")
     broker = Broker(folder)
     broker.start()
@@ -53,14 +54,14 @@ def test_every_health_image_gets_its_expected_verdict_through_the_daemon(
         if not items:
             items = ["--expect-none-failed"]
         code, summary = probe(
-            capsys, "--config", config, HEALTH / name, "--expect", want["verdict"], *items, "--expect-model", "0.2.0"
+            capsys, "--config", config, HEALTH / name, "--expect", want["verdict"], *items, "--expect-model", SERVED
         )
         assert code == 0, summary
         assert summary["result"] == "matched" and summary["problems"] == []
         got = summary["got"]
         assert isinstance(got, dict)
         assert got["verdict"] == want["verdict"] and got["failed_items"] == sorted(want["failed_items"])
-        assert got["model"] == "lumbar-resunet 0.2.0" and got["view"] == want["view"]
+        assert got["model"] == f"lumbar-resunet {SERVED}" and got["view"] == want["view"]
         original = pydicom.dcmread(HEALTH / name)
         text = json.dumps(summary)
         assert str(original.PatientName) not in text and str(original.PatientID) not in text
@@ -105,7 +106,7 @@ def test_a_different_verdict_exits_1_and_says_what_came(
     code, summary = probe(
         capsys, "--config", config, HEALTH / "ap-good.dcm", "--expect", "pass", "--expect-model", "0.1.0"
     )
-    assert code == 1 and summary["problems"] == ["served by 'lumbar-resunet 0.2.0', expected version '0.1.0'"]
+    assert code == 1 and summary["problems"] == [f"served by 'lumbar-resunet {SERVED}', expected version '0.1.0'"]
     code, summary = probe(
         capsys,
         "--config",

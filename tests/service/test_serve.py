@@ -19,7 +19,7 @@ import jsonschema
 import pydicom
 import pytest
 
-from edge.config import load_config
+from edge.config import DEFAULT_MODEL, load_config
 from edge.publish.outbox import Outbox
 from edge.qc.verdict import schema
 from tests.conftest import require_tool
@@ -159,7 +159,8 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         assert 'edgeqc_images_judged_total{verdict="fail",view="ap"} 1.0' in scraped
         assert "edgeqc_images_received_total 3.0" in scraped
         info = next(line for line in scraped.splitlines() if line.startswith("edgeqc_model_info{"))
-        assert 'backend="onnxruntime"' in info and 'precision="fp32"' in info and 'model="lumbar-resunet 0.2.0"' in info
+        assert 'backend="onnxruntime"' in info and 'precision="fp32"' in info
+        assert f'model="lumbar-resunet {DEFAULT_MODEL.name}"' in info
         assert 'edgeqc_associations_total{result="accepted"} 1.0' in scraped
         assert "edgeqc_end_to_end_seconds_count 3.0" in scraped
         assert 'edgeqc_stage_duration_seconds_count{stage="infer"} 3.0' in scraped

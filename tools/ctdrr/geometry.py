@@ -21,6 +21,7 @@ from edge.qc.structures import View
 from tools.ctdrr.volumes import CtVolume
 from tools.phantom.acquisition import DETECTOR_MM, SID_MM
 from tools.phantom.frames import rot_y, rot_z
+from tools.phantom.render import Field
 
 F64 = NDArray[np.float64]
 Bool = NDArray[np.bool_]
@@ -281,22 +282,6 @@ def valid_rays(ct: CtVolume, pose: CtPose, xy: F64) -> Bool:
         hit_bone[on_face] = bone[iu[on_face], iz[on_face]]
         ok &= ~(on_face & grazing & hit_bone)
     return np.asarray(ok)
-
-
-@dataclass(frozen=True)
-class Field:
-    """Collimated field on the detector plane (lab mm, before any display mirroring)."""
-
-    x0: float
-    x1: float
-    y0: float
-    y1: float
-
-    def mask(self, xs: F64, ys: F64) -> Bool:
-        return np.asarray(((ys >= self.y0) & (ys <= self.y1))[:, None] & ((xs >= self.x0) & (xs <= self.x1))[None, :])
-
-    def as_dict(self) -> dict[str, float]:
-        return {"x0_mm": self.x0, "x1_mm": self.x1, "y0_mm": self.y0, "y1_mm": self.y1}
 
 
 def valid_map(ct: CtVolume, pose: CtPose, pitch_mm: float = FIELD_PITCH_MM) -> tuple[F64, Bool]:

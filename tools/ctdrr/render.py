@@ -26,18 +26,20 @@ from scipy import ndimage
 
 from edge.dicom.decode import MIN_SIDE_PX
 from edge.qc.structures import STRUCTURE_VIEWS, STRUCTURES, View
-from tools.ctdrr.geometry import CtPose, Field, choose_field, sample_pose, substituted_length
+from tools.ctdrr.geometry import CtPose, choose_field, sample_pose, substituted_length
 from tools.ctdrr.project import MASK_MIN_CHORD_MM, line_integrals, single_thread
 from tools.ctdrr.volumes import CtVolume, load_ct
-from tools.phantom.acquisition import DETECTOR_MM, SID_MM, TARGET_EI
+from tools.phantom.acquisition import DETECTOR_MM, TARGET_EI
 from tools.phantom.raycast import Detector
 from tools.phantom.render import (
-    DETECTOR_MTF50_MM,
     ELECTRONIC_NOISE_QUANTA,
     QUANTA_PER_UGY_MM2,
+    Field,
     blur_large,
-    edge_profile,
+    field_weight,
+    primary_beam,
     smooth,
+    with_scatter_and_blur,
 )
 
 F32 = NDArray[np.float32]
@@ -226,20 +228,14 @@ def _render(
     crop = (r0, r1, c0, c1)
     cs = (slice(r0, r1), slice(c0, c1))
     xs, ys = det.col_x()[c0:c1], det.row_y()[r0:r1]
-    field_mask = field.mask(det.col_x(), det.row_y())
+    field_mask = field.mask(det)
     in_field = field_mask[cs]
     labelled = labelled_channels(ct, pose.view)
     masks = _masks(ct, pose, det, (r0, r1, c0, c1), field_mask, labelled)
     line = _attenuation(ct, pose, exposure, det, crop)
 
-    dx, dy = xs[None, :] - pose.source[0], ys[:, None] - pose.source[1]
-    ray_len = np.sqrt(dx * dx + dy * dy + pose.source[2] ** 2)
-    falloff = ((SID_MM / ray_len) ** 3 * (1.0 + exposure.heel_effect * ys[:, None] / 200.0)).astype(np.float32)
-    field_weight = (
-        edge_profile(ys, field.y0, field.y1, PENUMBRA_MM)[:, None]
-        * edge_profile(xs, field.x0, field.x1, PENUMBRA_MM)[None, :]
-    )
-    primary = np.exp(-line) * falloff * field_weight
+    weight = field_weight(xs, ys, field, PENUMBRA_MM)
+    primary = primary_beam(line, xs, ys, pose.source, exposure.heel_effect, weight)
 
     spine = np.zeros(in_field.shape, dtype=bool)
     for name, m in masks.items():
@@ -248,10 +244,7 @@ def _render(
     spine &= in_field
     if spine.sum() < 20:
         spine = in_field & (np.abs(xs[None, :] - 0.5 * (field.x0 + field.x1)) < 25.0)
-    scatter = blur_large(primary, 40.0 / det.pitch_mm)
-    ratio = float(primary[spine].mean() / max(float(scatter[spine].mean()), 1e-12))
-    transmitted = primary + scatter * np.float32(exposure.scatter_to_primary * ratio)
-    transmitted = smooth(transmitted, DETECTOR_MTF50_MM / det.pitch_mm)
+    transmitted = with_scatter_and_blur(primary, spine, exposure.scatter_to_primary, det.pitch_mm)
 
     quanta_per_ugy = QUANTA_PER_UGY_MM2 * det.pitch_mm**2
     target_ei = exposure.target_ei * 10 ** (exposure.deviation_index / 10)
@@ -288,7 +281,7 @@ def _render(
     curve = 0.5 + 0.5 * np.tanh((unit - 0.5) * k) / np.float32(np.tanh(0.5 * k))
     curve = np.clip(curve, 0.0, 1.0) ** np.float32(exposure.tone_gamma)
     scaled = curve * np.float32(0.86 * max_value) + np.float32(0.06 * max_value)
-    outside = field_weight < 0.02
+    outside = weight < 0.02
     stored = np.full((det.rows, det.cols), max_value, dtype=np.uint16)
     if exposure.shutter == "electronic":  # black on display: stored 0 before any MONOCHROME1 inversion
         stored[:] = 0

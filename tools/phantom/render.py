@@ -59,6 +59,9 @@ class Field:
         xs, ys = det.col_x(), det.row_y()
         return np.asarray(((ys >= self.y0) & (ys <= self.y1))[:, None] & ((xs >= self.x0) & (xs <= self.x1))[None, :])
 
+    def as_dict(self) -> dict[str, float]:
+        return {"x0_mm": self.x0, "x1_mm": self.x1, "y0_mm": self.y0, "y1_mm": self.y1}
+
 
 @dataclass
 class Rendering:
@@ -205,6 +208,32 @@ def edge_profile(coords: F64, lo: float, hi: float, width_mm: float) -> F32:
     return np.asarray(0.25 * (1 + erf((coords - lo) * k)) * (1 + erf((hi - coords) * k)), dtype=np.float32)
 
 
+def field_weight(xs: F64, ys: F64, field: Field, penumbra_mm: float) -> F32:
+    """The collimated field with its penumbra: 1 inside, 0 in the collimator's shadow."""
+    return np.asarray(
+        edge_profile(ys, field.y0, field.y1, penumbra_mm)[:, None]
+        * edge_profile(xs, field.x0, field.x1, penumbra_mm)[None, :]
+    )
+
+
+def primary_beam(line_integral: F32, xs: F64, ys: F64, source: F64, heel_effect: float, weight: F32) -> F32:
+    """Primary fluence: Beer-Lambert through the line integrals, inverse square with obliquity (cos^3),
+    the anode heel effect and the field weight (shared by the phantom and the CT DRRs)."""
+    dx, dy = xs[None, :] - source[0], ys[:, None] - source[1]
+    ray_len = np.sqrt(dx * dx + dy * dy + source[2] ** 2)
+    falloff = ((SID_MM / ray_len) ** 3 * (1.0 + heel_effect * ys[:, None] / 200.0)).astype(np.float32)
+    return np.asarray(np.exp(-line_integral) * falloff * weight)
+
+
+def with_scatter_and_blur(primary: F32, spine: Bool, scatter_to_primary: float, pitch_mm: float) -> F32:
+    """Detected signal: scatter as a low-frequency copy of the primary, scaled to the view's
+    scatter-to-primary ratio over the spine, then the detector's blur."""
+    scatter = blur_large(primary, 40.0 / pitch_mm)
+    ratio = float(primary[spine].mean() / max(float(scatter[spine].mean()), 1e-12))
+    transmitted = primary + scatter * np.float32(scatter_to_primary * ratio)
+    return smooth(transmitted, DETECTOR_MTF50_MM / pitch_mm)
+
+
 def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Generator) -> Rendering:
     det = Detector(rows=size_px, cols=size_px, pitch_mm=DETECTOR_MM / size_px)
     field, pose, prims = choose_field(anatomy, acq)
@@ -246,15 +275,8 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
     if acq.marker:
         line_integral += _marker(det, field, acq.marker, mirrored)[crop]
 
-    # primary: inverse square with obliquity (cos^3), the anode heel effect, the field's penumbra
-    dx, dy = xs[None, :] - pose.source[0], ys[:, None] - pose.source[1]
-    ray_len = np.sqrt(dx * dx + dy * dy + pose.source[2] ** 2)
-    falloff = ((SID_MM / ray_len) ** 3 * (1.0 + acq.heel_effect * ys[:, None] / 200.0)).astype(np.float32)
-    field_weight = (
-        edge_profile(ys, field.y0, field.y1, penumbra_mm)[:, None]
-        * edge_profile(xs, field.x0, field.x1, penumbra_mm)[None, :]
-    )
-    primary = np.exp(-line_integral) * falloff * field_weight
+    weight = field_weight(xs, ys, field, penumbra_mm)
+    primary = primary_beam(line_integral, xs, ys, pose.source, acq.heel_effect, weight)
 
     spine_region = np.zeros(in_field.shape, dtype=bool)
     for level in ("L1", "L2", "L3", "L4", "L5"):
@@ -263,11 +285,7 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
     if spine_region.sum() < 20:
         spine_region = body if body.sum() >= 20 else in_field
 
-    # scatter: low-frequency copy of the primary, scaled to the view's scatter-to-primary ratio
-    scatter = blur_large(primary, 40.0 / det.pitch_mm)
-    ratio = float(primary[spine_region].mean() / max(float(scatter[spine_region].mean()), 1e-12))
-    transmitted = primary + scatter * np.float32(acq.scatter_to_primary * ratio)
-    transmitted = smooth(transmitted, DETECTOR_MTF50_MM / det.pitch_mm)
+    transmitted = with_scatter_and_blur(primary, spine_region, acq.scatter_to_primary, det.pitch_mm)
 
     # dose: EI = 100 x detector air kerma (uGy) in the spine region (IEC 62494-1), set from the DI
     quanta_per_ugy = QUANTA_PER_UGY_MM2 * det.pitch_mm**2
@@ -317,7 +335,7 @@ def render(anatomy: Anatomy, acq: Acquisition, size_px: int, rng: np.random.Gene
     scaled = (0.5 + 0.5 * np.tanh((unit - 0.5) * 2.0) / np.float32(np.tanh(1.0))) * np.float32(
         0.86 * max_value
     ) + np.float32(0.06 * max_value)
-    scaled[field_weight < 0.02] = max_value  # unexposed: the collimator's shadow
+    scaled[weight < 0.02] = max_value  # unexposed: the collimator's shadow
     scaled[saturated] = 0
     scaled[starved] = max_value
     stored = np.full((det.rows, det.cols), max_value, dtype=np.uint16)
