@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Final
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
-import edge
 from tools.ctdrr.render import CtRendering
-from tools.phantom.dicom_io import VIEW_CODE, DxImage, add_image
+from tools.phantom.dicom_io import VIEW_CODE, DxImage, SyntheticHeader, add_image, synthetic_header
 
 VIEW_POSITION: Final[dict[str, str]] = {"AP": "AP", "LL": "LL", "RL": "RL", "LPO": "LPO", "RPO": "RPO"}
 # DICOM CID 4010 (DX View), SNOMED CT
@@ -38,35 +37,24 @@ def uid(seed: int, index: int, kind: str) -> UID:
 def build_dataset(r: CtRendering, seed: int, index: int) -> Dataset:
     """The DICOM dataset of one rendering (uncompressed, no file meta)."""
     when = dt.datetime(2026, 1, 1, 9, 0, 0) + dt.timedelta(days=seed % 300, minutes=7 * index)
-    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     ex, pose = r.exposure, r.pose
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = uid(seed, index, "sop")
-    ds.PatientName = f"CTDRR^{r.ct.upper()}^S{seed}N{index:04d}"
-    ds.PatientID = f"CTDRR-{seed}-{index:04d}"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.PatientComments = f"Synthetic radiograph (edge-qc DRR of the public CT '{r.ct}'), not a patient record"
-    ds.StudyInstanceUID = uid(seed, index, "study")
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.StudyID = f"D{index:04d}"
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CTDRR LUMBAR SPINE"
-    ds.Modality = "DX"
-    ds.SeriesInstanceUID = uid(seed, index, "series")
-    ds.SeriesNumber = 1
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.SeriesDescription = f"L-SPINE {VIEW_POSITION[pose.projection]}"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.Manufacturer = "edge-qc"
-    ds.ManufacturerModelName = "CT DRR"
-    ds.SoftwareVersions = f"edge-qc {edge.__version__}"
-    ds.DeviceSerialNumber = "CTDRR-0001"
-    ds.InstitutionName = "Synthetic (CT DRR)"
-    ds.StationName = "CTDRR"
+    ds = synthetic_header(
+        SyntheticHeader(
+            uid=lambda kind: uid(seed, index, kind),
+            when=when,
+            patient_name=f"CTDRR^{r.ct.upper()}^S{seed}N{index:04d}",
+            patient_id=f"CTDRR-{seed}-{index:04d}",
+            sex="O",
+            comments=f"Synthetic radiograph (edge-qc DRR of the public CT '{r.ct}'), not a patient record",
+            study_id=f"D{index:04d}",
+            study_description="CTDRR LUMBAR SPINE",
+            view_position=VIEW_POSITION[pose.projection],
+            model_name="CT DRR",
+            serial="CTDRR-0001",
+            institution="Synthetic (CT DRR)",
+            station="CTDRR",
+        )
+    )
     add_image(
         ds,
         DxImage(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -94,6 +95,59 @@ class ImageIdentity:
         return dt.datetime(2026, 1, 1, 8, 0, 0) + dt.timedelta(days=self.seed % 300, minutes=7 * self.index)
 
 
+@dataclass(frozen=True)
+class SyntheticHeader:
+    """Who and what a synthetic DX image claims to be: clearly synthetic, never a patient record."""
+
+    uid: Callable[[str], UID]  # kind ("sop", "study", "series") -> a stable UID
+    when: dt.datetime
+    patient_name: str
+    patient_id: str
+    sex: str
+    comments: str
+    study_id: str
+    study_description: str
+    view_position: str
+    model_name: str
+    serial: str
+    institution: str
+    station: str
+
+
+def synthetic_header(h: SyntheticHeader) -> Dataset:
+    """Patient, study, series and equipment modules of a synthetic DX For Presentation image (the
+    phantom's and the CT DRRs'); the image module is `add_image`'s."""
+    date, time = h.when.strftime("%Y%m%d"), h.when.strftime("%H%M%S")
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = h.uid("sop")
+    ds.PatientName = h.patient_name
+    ds.PatientID = h.patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = h.sex
+    ds.PatientComments = h.comments
+    ds.StudyInstanceUID = h.uid("study")
+    ds.StudyDate, ds.StudyTime = date, time
+    ds.StudyID = h.study_id
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = h.study_description
+    ds.Modality = "DX"
+    ds.SeriesInstanceUID = h.uid("series")
+    ds.SeriesNumber = 1
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.SeriesDescription = f"L-SPINE {h.view_position}"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = "edge-qc"
+    ds.ManufacturerModelName = h.model_name
+    ds.SoftwareVersions = f"edge-qc {edge.__version__}"
+    ds.DeviceSerialNumber = h.serial
+    ds.InstitutionName = h.institution
+    ds.StationName = h.station
+    return ds
+
+
 def build_dataset(
     stored: NDArray[np.uint16],
     acq: Acquisition,
@@ -107,36 +161,23 @@ def build_dataset(
     patient_thickness_mm: float,
 ) -> Dataset:
     when = identity.when
-    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = identity.uid("sop")
-    # patient and study: clearly synthetic
-    ds.PatientName = identity.patient_name
-    ds.PatientID = identity.patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = sex
-    ds.PatientComments = "Synthetic phantom (edge-qc DRR), not a patient"
-    ds.StudyInstanceUID = identity.uid("study")
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.StudyID = f"P{identity.index:04d}"
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "PHANTOM LUMBAR SPINE"
-    # series and equipment
-    ds.Modality = "DX"
-    ds.SeriesInstanceUID = identity.uid("series")
-    ds.SeriesNumber = 1
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.SeriesDescription = f"L-SPINE {VIEW_POSITION[acq.projection]}"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.Manufacturer = "edge-qc"
-    ds.ManufacturerModelName = "Lumbar DRR phantom"
-    ds.SoftwareVersions = f"edge-qc {edge.__version__}"
-    ds.DeviceSerialNumber = "PHANTOM-0001"
-    ds.InstitutionName = "Synthetic phantom"
-    ds.StationName = "PHANTOM"
+    ds = synthetic_header(
+        SyntheticHeader(
+            uid=identity.uid,
+            when=when,
+            patient_name=identity.patient_name,
+            patient_id=identity.patient_id,
+            sex=sex,
+            comments="Synthetic phantom (edge-qc DRR), not a patient",
+            study_id=f"P{identity.index:04d}",
+            study_description="PHANTOM LUMBAR SPINE",
+            view_position=VIEW_POSITION[acq.projection],
+            model_name="Lumbar DRR phantom",
+            serial="PHANTOM-0001",
+            institution="Synthetic phantom",
+            station="PHANTOM",
+        )
+    )
     # image
     add_image(
         ds,
