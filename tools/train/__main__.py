@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
     parser.add_argument("--fp32", action="store_true", help="no bfloat16 autocast")
-    parser.add_argument("--init", type=Path, default=None, help="start from the weights of this checkpoint")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from the weights of this checkpoint (last.pt) or exported model (engines/<model>/<version>)",
+    )
     parser.add_argument(
         "--lateral-rotation-samples", type=int, default=0, help="extra lateral views with axial rotation (fine-tuning)"
     )

@@ -93,6 +93,17 @@ class ResUNet(nn.Module):
         # deep supervision at 1/2 and 1/4 resolution (training only)
         self.aux_heads = nn.ModuleList([nn.Conv2d(widths[i], n_structures, 1) for i in (1, 2)])
         self.view_head = nn.Sequential(nn.Linear(widths[-1], 64), nn.ReLU(), nn.Linear(64, n_views))
+        # BatchNorms stay in evaluation mode while training (weights recovered from an exported model
+        # carry the folded statistics: tools/train/recover.py)
+        self.frozen_batch_norm = False
+
+    def train(self, mode: bool = True) -> ResUNet:
+        super().train(mode)
+        if self.frozen_batch_norm:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Returns mask logits (N x C x H x W), view logits (N x V) and auxiliary mask logits."""

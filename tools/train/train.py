@@ -27,6 +27,7 @@ from tools.train.augment import AugmentSettings, augment_batch
 from tools.train.data import Samples, build_samples
 from tools.train.metrics import dice_scores
 from tools.train.model import ResUNet
+from tools.train.recover import is_model_folder, load_exported_weights
 from tools.train.sources import CachedSource, Item, RealFilmSource, Source
 from tools.train.validate_real import RealValidation
 
@@ -51,7 +52,7 @@ class Recipe:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     bf16: bool = True
-    init: str = ""  # a checkpoint whose weights start this run (fine-tuning); empty: random init
+    init: str = ""  # a checkpoint or an exported model folder whose weights start this run; empty: random init
     lateral_rotation_samples: int = 0  # extra lateral views with axial rotation up to 15 degrees
     symmetric_pedicles: bool = False  # on laterals, score the pedicle channels in the better order
     real_set: str = ""  # a corner-labelled AP set (AASCE layout); its development "train" patients train
@@ -310,7 +311,11 @@ def train(
     )
     start_epoch, step = 0, 0
     checkpoint = run / "last.pt"
-    if recipe.init and not checkpoint.exists():
+    if recipe.init and is_model_folder(Path(recipe.init)):  # also on resume: BatchNorms stay frozen
+        copied = load_exported_weights(model, Path(recipe.init), recipe.size)
+        if not checkpoint.exists():
+            print(f"starting from the exported model {recipe.init} ({copied} tensors; BatchNorms frozen)", flush=True)
+    elif recipe.init and not checkpoint.exists():
         model.load_state_dict(torch.load(recipe.init, weights_only=False, map_location="cpu")["model"])
         print(f"starting from the weights of {recipe.init}", flush=True)
     if checkpoint.exists():
