@@ -52,7 +52,8 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
-def _chance(n: int, p: float, g: torch.Generator) -> Tensor:
+def _chance(n: int, p: float | Tensor, g: torch.Generator) -> Tensor:
+    """N draws, each True with probability p (one for all, or one per sample)."""
     return torch.rand(n, generator=g) < p
 
 
@@ -133,8 +134,7 @@ def appearance(
     sample, the probability of tone and processing changes (default `s.appearance` for all)."""
     n, _, size, _ = images.shape
     x = images.clamp(0, 1)
-    p = torch.full((n,), s.appearance) if chance is None else chance
-    apply = (torch.rand(n, generator=g) < p)[:, None, None, None]
+    apply = _chance(n, s.appearance if chance is None else chance, g)[:, None, None, None]
     # tone: gamma, then an S-curve (or its inverse) of random strength
     gamma = torch.exp(_uniform(n, math.log(0.6), math.log(1.7), g))[:, None, None, None]
     toned = x.clamp(1e-4, 1) ** gamma

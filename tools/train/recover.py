@@ -5,7 +5,8 @@ them are not kept. Export folds each BatchNorm into the convolution before it, s
 network puts the folded weights into the convolution and makes the BatchNorm after it an identity
 (mean 0, variance 1 - eps, scale 1) that carries the folded bias. In evaluation mode that is the
 exported function exactly; fine-tuning keeps those BatchNorms frozen (`ResUNet.frozen_batch_norm`),
-since batch statistics would re-normalise activations the folded weights already scale.
+since batch statistics would re-normalise activations the folded weights already scale. A new
+attention block's BatchNorm is frozen too, at its initial statistics (mean 0, variance 1).
 """
 
 from __future__ import annotations
