@@ -47,18 +47,27 @@ def test_a_model_ships_intact_and_within_budget() -> None:
         assert m["evaluation"]["count"] >= 300
 
 
+# The references were thresholded on one CPU; another CPU's kernels round differently, so a pixel whose
+# probability sits at 0.5 may flip (one in 1.18 M did on an AMD EPYC). A wrong model flips thousands.
+MAX_FLIPPED_PIXEL_FRACTION = 1e-5
+VIEW_PROBABILITY_TOLERANCE = 1e-4
+
+
 def test_shipped_validation_references_reproduce() -> None:
     for model in shipped():
         m = manifest(model)
         session = ort_session(model / m["file"])
         files = sorted((model / m["validation_set"]["folder"]).glob("*.npz"))
         assert len(files) == m["validation_set"]["count"]
+        flipped, pixels = 0, 0
         for f in files:
             with np.load(f) as data:
                 masks, view = session.run(["masks", "view"], {"image": data["image"]})
                 reference = np.unpackbits(data["reference_masks"], count=masks[0].size).reshape(masks[0].shape)
-                assert np.array_equal(masks[0] > 0.5, reference.astype(bool))
-                assert np.allclose(view[0], data["reference_view"], atol=1e-5)
+                flipped += int(np.count_nonzero((masks[0] > 0.5) != reference.astype(bool)))
+                pixels += reference.size
+                assert np.allclose(view[0], data["reference_view"], atol=VIEW_PROBABILITY_TOLERANCE)
+        assert flipped <= MAX_FLIPPED_PIXEL_FRACTION * pixels, (model, flipped, pixels)
 
 
 @pytest.mark.parametrize("model", shipped(), ids=lambda p: f"{p.parent.name}-{p.name}")

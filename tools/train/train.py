@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,6 +86,15 @@ class Recipe:
             raise ValueError("ct_fraction > 0 needs ct_samples >= batch")
         if self.augment not in ("basic", "full"):
             raise ValueError(f"augment: {self.augment!r} is not basic or full")
+
+
+def batch_norm_frozen(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's BatchNorms hold folded statistics that must stay frozen: it says so, or
+    (checkpoints written before it said) its run started from an exported model folder."""
+    if "frozen_batch_norm" in state:
+        return bool(state["frozen_batch_norm"])
+    init = str(state.get("recipe", {}).get("init", ""))
+    return bool(init) and is_model_folder(Path(init))
 
 
 def build_model(recipe: Recipe) -> ResUNet:
@@ -316,15 +326,19 @@ def train(
         if not checkpoint.exists():
             print(f"starting from the exported model {recipe.init} ({copied} tensors; BatchNorms frozen)", flush=True)
     elif recipe.init and not checkpoint.exists():
-        model.load_state_dict(torch.load(recipe.init, weights_only=False, map_location="cpu")["model"])
+        initial = torch.load(recipe.init, weights_only=False, map_location="cpu")
+        model.load_state_dict(initial["model"])
+        model.frozen_batch_norm = batch_norm_frozen(initial)
         print(f"starting from the weights of {recipe.init}", flush=True)
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
         model.load_state_dict(state["model"])
+        model.frozen_batch_norm = model.frozen_batch_norm or batch_norm_frozen(state)
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         print(f"resuming after epoch {start_epoch} (step {step})", flush=True)
+    model.train()  # puts frozen BatchNorms in evaluation mode
     log_path = run / "log.csv"
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, recipe.epochs):
@@ -408,6 +422,7 @@ def train(
             "step": step,
             "recipe": asdict(recipe),
             "metrics": metrics,
+            "frozen_batch_norm": model.frozen_batch_norm,
         }
         torch.save(state, run / "last.pt.tmp")
         (run / "last.pt.tmp").replace(checkpoint)
