@@ -234,8 +234,11 @@ def serve(args: argparse.Namespace) -> int:
 
 def config_check(args: argparse.Namespace) -> int:
     """Load and validate a configuration without using it (Ansible's `validate:` before a file is put in place)."""
+    from edge.qc.standard import site_standard
+
     try:
-        load_config(args.file)
+        config = load_config(args.file)
+        site_standard(config.qc, config.source)  # the QC overrides are the standard's to check
     except ConfigError as exc:
         print(f"edge-qc: {exc}", file=sys.stderr)
         return 2

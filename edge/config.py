@@ -1,7 +1,9 @@
 """The one configuration of an edge-qc appliance: a TOML file, typed and validated on load.
 
 Unknown keys are errors, never ignored: a misspelt threshold override that silently does nothing is
-a QC failure nobody sees. Every error names the file and the dotted key.
+a QC failure nobody sees. Every error names the file and the dotted key. This module is a leaf (it
+imports nothing from edge-qc): QC overrides stay data here, and `edge.qc.standard.site_standard`, the one
+place that knows the items and their keys, applies and checks them (`edge-qc config-check` runs both).
 
     [model]
     path = "/opt/edge-qc/engines/lumbar-resunet/current"   # folder with manifest.json
@@ -25,9 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-
-from edge.qc.standard import ITEM_PARAMS, Standard, StandardError, load_standard, parse_standard, standard_data
-from edge.qc.structures import VIEWS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -95,6 +94,17 @@ class MqttConfig:
     keyfile: str = ""
     send_uids: bool = False  # False: SOP Instance UIDs are hashed in payloads
 
+    def _named(self, template: str) -> str:
+        return template.format(site=self.site, room=self.room, device=self.device)
+
+    @property
+    def verdict_topic(self) -> str:
+        return self._named(self.topic)
+
+    @property
+    def status_topic_name(self) -> str:
+        return self._named(self.status_topic)
+
 
 @dataclass(frozen=True)
 class MetricsConfig:
@@ -119,27 +129,6 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "<defaults>"
-
-    def load_standard(self) -> Standard:
-        """The QC standard with this site's overrides applied and validated."""
-        base = standard_data(self.qc.standard)
-        where = str(self.qc.standard or "edge/qc/standards (shipped)")
-        for view, items in self.qc.overrides.items():
-            for item, params in items.items():
-                table = base.get(view, {}).get(item)
-                if table is None:
-                    raise ConfigError(
-                        f"{self.source}: qc.overrides.{view}.{item}: the standard has no item '{item}' for {view}"
-                    )
-                for key, value in params.items():
-                    if key not in ITEM_PARAMS[item] | {"severity", "message"}:
-                        allowed = ", ".join(sorted(ITEM_PARAMS[item] | {"severity", "message"}))
-                        raise ConfigError(f"{self.source}: qc.overrides.{view}.{item}.{key}: unknown key ({allowed})")
-                    table[key] = value
-        try:
-            return parse_standard(base, f"{where} with overrides from {self.source}")
-        except StandardError as exc:
-            raise ConfigError(str(exc)) from exc
 
 
 def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -245,18 +234,15 @@ def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Pat
         if not isinstance(qc_t["standard"], str):
             raise ConfigError(f"{where}: 'qc.standard' must be a path string")
         standard = base / qc_t["standard"]
+    # View names, items and their keys are the QC standard's to check (edge.qc.standard.site_standard)
     targets_t = _table(qc_t, "target_exposure_index", where)
-    _reject_unknown(targets_t, set(VIEWS), "qc.target_exposure_index.", where)
     targets = {view: _number(v, f"qc.target_exposure_index.{view}", where) for view, v in targets_t.items()}
     overrides_t = _table(qc_t, "overrides", where)
-    _reject_unknown(overrides_t, set(VIEWS), "qc.overrides.", where)
     overrides: dict[str, dict[str, dict[str, float | int | str]]] = {}
     for view, items in overrides_t.items():
         if not isinstance(items, dict):
             raise ConfigError(f"{where}: 'qc.overrides.{view}' must be a table of items")
         for item, params in items.items():
-            if item not in ITEM_PARAMS:
-                raise ConfigError(f"{where}: unknown QC item 'qc.overrides.{view}.{item}'")
             if not isinstance(params, dict):
                 raise ConfigError(f"{where}: 'qc.overrides.{view}.{item}' must be a table")
             overrides.setdefault(view, {})[item] = dict(params)
@@ -271,14 +257,14 @@ def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Pat
         raise ConfigError(f"{where}: 'mqtt.port' must be a TCP port (1..65535), got {mqtt.port}")
     for key in ("topic", "status_topic"):
         try:
-            getattr(mqtt, key).format(site=mqtt.site, room=mqtt.room, device=mqtt.device)
+            mqtt._named(getattr(mqtt, key))
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"{where}: 'mqtt.{key}' may use {{site}}, {{room}} and {{device}} only ({exc})") from exc
     service = _typed_section(data, "service", ServiceConfig, where, base)
     metrics = _typed_section(data, "metrics", MetricsConfig, where, base)
     if metrics.port > 65535:
         raise ConfigError(f"{where}: 'metrics.port' must be a TCP port (1..65535), got {metrics.port}")
-    config = Config(
+    return Config(
         model=model,
         qc=QcConfig(standard, targets, overrides),
         dicom=dicom,
@@ -287,8 +273,6 @@ def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Pat
         metrics=metrics,
         source=where,
     )
-    config.load_standard()  # validate the overrides now, not on the first image
-    return config
 
 
 def load_config(path: Path | None) -> Config:
@@ -306,4 +290,4 @@ def load_config(path: Path | None) -> Config:
     return parse_config(data, str(path), path.resolve().parent)
 
 
-__all__ = ["Config", "ConfigError", "ModelConfig", "QcConfig", "load_config", "load_standard", "parse_config"]
+__all__ = ["Config", "ConfigError", "ModelConfig", "QcConfig", "load_config", "parse_config"]

@@ -7,6 +7,7 @@ indeterminate with a reason), never in an exception the caller has to interpret.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,10 @@ from edge.dicom.decode import Radiograph, Rejection, decode, read_dataset
 from edge.engines.manifest import ModelManifest, load_manifest
 from edge.imaging.preprocess import Transform, preprocess
 from edge.inference.backend import Backend, ModelOutputs, open_with_fallback
-from edge.qc.judge import ItemResult, judge, overall
+from edge.qc.judge import ItemResult, judge
 from edge.qc.measure import Context, Measurement, Spine, anatomy_mask, measure_all
 from edge.qc.segmentation import Segmentation, field_box
-from edge.qc.standard import Standard
+from edge.qc.standard import Standard, site_standard
 from edge.qc.structures import VIEW_CLASSES, View
 from edge.qc.verdict import Verdict, ViewInfo
 
@@ -137,7 +138,7 @@ class Result:
 class Pipeline:
     def __init__(self, config: Config, backend: Backend | None = None) -> None:
         self.config = config
-        self.standard: Standard = config.load_standard()
+        self.standard: Standard = site_standard(config.qc, config.source)
         self.manifest: ModelManifest = load_manifest(config.model.path)
         self.degraded = ""
         if backend is None:
@@ -169,17 +170,13 @@ class Pipeline:
         return [f"degraded: {self.degraded}; judged with ONNX Runtime on the CPU"] if self.degraded else []
 
     def _rejected(self, exc: Rejection, timings: dict[str, float]) -> Result:
-        verdict = Verdict(
-            "rejected",
-            exc.message,
-            exc.reason,
-            None,
-            {},
-            self._notes(),
-            {"sop_instance_uid": ""},
-            self.versions,
-            timings,
-            bool(self.degraded),
+        verdict = Verdict.rejected(
+            reason=exc.message,
+            code=exc.reason,
+            versions=self.versions,
+            notes=self._notes(),
+            timings_ms=timings,
+            degraded=bool(self.degraded),
         )
         return Result(verdict)
 
@@ -238,8 +235,15 @@ class Pipeline:
         def indeterminate(reason: str, code: str, measurements: dict[str, Measurement] | None = None) -> Result:
             lap("measure")
             timings["total"] = (time.perf_counter() - start) * 1000
-            verdict = Verdict(
-                "indeterminate", reason, code, view_info, {}, notes, image, self.versions, timings, bool(self.degraded)
+            verdict = Verdict.indeterminate(
+                reason=reason,
+                code=code,
+                view=view_info,
+                image=image,
+                versions=self.versions,
+                notes=notes,
+                timings_ms=timings,
+                degraded=bool(self.degraded),
             )
             return Result(verdict, radiograph, seg, measurements)
 
@@ -271,15 +275,16 @@ class Pipeline:
             return indeterminate(reason, "not_lumbar_spine", measurements)
         lap("measure")
         results: dict[str, ItemResult] = judge(measurements, self.standard, view)
-        outcome = overall(results)
-        reason_text, code = "", ""
-        if outcome == "indeterminate":
-            missing = [r.item for r in results.values() if r.outcome == "indeterminate" and r.severity == "fail"]
-            reason_text, code = f"could not judge: {', '.join(missing)}", "items_unmeasurable"
         lap("judge")
         timings["total"] = (time.perf_counter() - start) * 1000
-        verdict = Verdict(
-            outcome, reason_text, code, view_info, results, notes, image, self.versions, timings, bool(self.degraded)
+        verdict = Verdict.judged(
+            items=results,
+            view=view_info,
+            image=image,
+            versions=self.versions,
+            notes=notes,
+            timings_ms=timings,
+            degraded=bool(self.degraded),
         )
         return Result(verdict, radiograph, seg, measurements)
 
@@ -354,7 +359,7 @@ class ReloadingPipeline:
         self.check_activation()
         result = self._pipeline.process(source)
         if self.problem:
-            result.verdict.notes.append(self.problem)
+            return dataclasses.replace(result, verdict=result.verdict.with_note(self.problem))
         return result
 
     def close(self) -> None:

@@ -165,14 +165,14 @@ def run_probe(
     """Probe once, print the JSON summary, return the exit status. Without `calling_aet` the probe calls
     as the configuration's first probe AE title (which must also be an allowed calling AE title)."""
     from edge.config import ConfigError, load_config
-    from edge.service import hashed_uid
+    from edge.publish.message import hashed_uid
 
     summary: dict[str, Any] = {"image": image.name, "expected": _expected(expectation)}
     listener: VerdictListener | None = None
     try:
         config = load_config(config_path)
         mqtt, dicom = config.mqtt, config.dicom
-        topic = mqtt.topic.format(site=mqtt.site, room=mqtt.room, device=mqtt.device)
+        topic = mqtt.verdict_topic
         dataset, uid = fresh_copy(image)
         listener = VerdictListener(mqtt, topic)
         deadline = time.monotonic() + timeout_s

@@ -10,12 +10,11 @@ its message id, and the outbox ignores an id it already holds).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import queue
 import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -26,24 +25,22 @@ from edge.dicom.scp import StorageScp
 from edge.dicom.spool import Arrival, Spool
 from edge.observability import Metrics, MetricsServer
 from edge.pipeline import ReloadingPipeline
+from edge.publish.message import Origin, message_id, verdict_message
 from edge.publish.mqtt import BrokerSettings, Publisher
 from edge.publish.outbox import Message, Outbox
+from edge.qc.verdict import Verdict
 from edge.systemd import Watchdog, notify
 
 log = logging.getLogger("edge.service")
-PAYLOAD_SCHEMA: Final = "edge-qc/verdict-message/1"
-
-
-def hashed_uid(uid: str) -> str:
-    return "sha256:" + hashlib.sha256(uid.encode()).hexdigest()[:32] if uid else ""
+COMMIT_RETRY_S: Final = 5.0  # a verdict the outbox refused is judged again after this long
 
 
 class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         mqtt = config.mqtt
-        names = {"site": mqtt.site, "room": mqtt.room, "device": mqtt.device}
-        self.topic = mqtt.topic.format(**names)
+        self.topic = mqtt.verdict_topic
+        self.origin = Origin(mqtt.site, mqtt.room, mqtt.device)
         self.spool = Spool(config.service.spool_dir)
         self.failed_dir = config.service.spool_dir / "failed"
         self.outbox = Outbox(config.service.outbox_path)
@@ -56,7 +53,7 @@ class Service:
                 host=mqtt.host,
                 port=mqtt.port,
                 client_id=mqtt.client_id or f"edge-qc-{mqtt.device}",
-                status_topic=mqtt.status_topic.format(**names),
+                status_topic=mqtt.status_topic_name,
                 username=mqtt.username or None,
                 password=mqtt.password or None,
                 ca_certs=mqtt.ca_certs or None,
@@ -74,6 +71,7 @@ class Service:
             lambda result: self.metrics.associations.labels(result).inc(),
         )
         self._announced: dict[str, str] = {}
+        self._commit_problem = ""  # why the last verdict could not be committed ("" when it could)
         self._follow_activation()
         self.metrics.queue_depth.set_function(self.queue.qsize)
         self.metrics.active_associations.set_function(lambda: self.scp.active_associations)
@@ -81,7 +79,6 @@ class Service:
         self.http: MetricsServer | None = None
         if config.metrics.enabled:
             self.http = MetricsServer(self.metrics, config.metrics.bind, config.metrics.port, self.ready)
-        self.judged = 0
         self._pipeline_lock = threading.Lock()  # the worker holds it per image; a reload swaps under it
         self.watchdog = Watchdog()
         self._stopping = threading.Event()
@@ -99,11 +96,8 @@ class Service:
 
     def _published(self, message: Message, seconds: float) -> None:
         self.metrics.publish_seconds.observe(seconds)
-        try:
-            received = float(json.loads(message.payload)["received_unix"])
-        except (ValueError, KeyError, TypeError):
-            return
-        self.metrics.end_to_end_seconds.observe(max(time.time() - received, 0.0))
+        if message.received_unix is not None:
+            self.metrics.end_to_end_seconds.observe(max(time.time() - message.received_unix, 0.0))
 
     def ready(self) -> tuple[bool, str]:
         """Ready to judge: model loaded, spool writable, broker connected (each named when not)."""
@@ -112,6 +106,8 @@ class Service:
             problems.append("spool not writable")
         if not self.publisher.connected.is_set():
             problems.append("broker not connected")
+        if self._commit_problem:
+            problems.append(self._commit_problem)
         return (not problems, "ready" if not problems else "; ".join(problems))
 
     def start(self) -> None:
@@ -131,24 +127,18 @@ class Service:
             self._enqueue(Arrival(entry, None))
 
     def message(self, arrival: Arrival, verdict: dict[str, Any]) -> tuple[str, bytes]:
-        """The MQTT payload: the verdict, where it comes from, when its first byte arrived and how long
-        receiving, spooling and waiting took (the verdict's own timings cover decode to judge)."""
-        message_id = f"{self.config.mqtt.device}-{arrival.entry.stem}"
-        image = verdict.get("image", {})
-        if not self.config.mqtt.send_uids and isinstance(image, dict):
-            image["sop_instance_uid"] = hashed_uid(str(image.get("sop_instance_uid", "")))
-        payload = {
-            "schema": PAYLOAD_SCHEMA,
-            "message_id": message_id,
-            "site": self.config.mqtt.site,
-            "room": self.config.mqtt.room,
-            "device": self.config.mqtt.device,
-            "received_unix": arrival.received_unix,
-            "timings_ms": {stage: round(seconds * 1000, 1) for stage, seconds in arrival.seconds.items()},
-            "probe": arrival.probe,  # a health probe's image (edge-qc probe), not a patient's: displays ignore it
-            "verdict": verdict,
-        }
-        return message_id, json.dumps(payload, allow_nan=False).encode()
+        """The MQTT message of one judged arrival: its id and payload (edge.publish.message)."""
+        identifier = message_id(self.config.mqtt.device, arrival.entry.stem)
+        payload = verdict_message(
+            verdict=verdict,
+            origin=self.origin,
+            message_id=identifier,
+            received_unix=arrival.received_unix,
+            stage_seconds=arrival.seconds,
+            probe=arrival.probe,
+            send_uids=self.config.mqtt.send_uids,
+        )
+        return identifier, payload
 
     def _follow_activation(self) -> None:
         """In the worker, between images: pick up an engine activation now (loaded and warmed beside the
@@ -181,25 +171,41 @@ class Service:
             try:
                 with self._pipeline_lock:
                     verdict = self.pipeline.process(entry if data is None else data).verdict
-                del data
-                if not arrival.wait_spooled():  # the modality heard "out of resources" and sends it again
-                    log.warning("%s: not spooled, verdict discarded (the sender was told to retry)", entry.name)
-                    continue
-                for stage, seconds in arrival.seconds.items():
-                    self.metrics.stage_seconds.labels(stage).observe(seconds)
-                self.metrics.degraded.set(1 if verdict.degraded else 0)
-                document = verdict.as_dict()
-                self.metrics.observe_verdict(document, probe=arrival.probe)
-                message_id, payload = self.message(arrival, document)
-                self.outbox.put(self.topic, payload, message_id)
-                self.publisher.notify()
-                self.spool.remove(entry)
-                self.judged += 1
             except Exception:  # an image the pipeline cannot handle is kept aside, never lost or retried forever
                 log.exception("processing %s failed; kept in %s", entry.name, self.failed_dir)
                 self.failed_dir.mkdir(parents=True, exist_ok=True)
                 if arrival.wait_spooled() and entry.exists():
                     shutil.move(str(entry), self.failed_dir / entry.name)
+                continue
+            del data
+            if not arrival.wait_spooled():  # the modality heard "out of resources" and sends it again
+                log.warning("%s: not spooled, verdict discarded (the sender was told to retry)", entry.name)
+                continue
+            self._commit(arrival, verdict)
+
+    def _commit(self, arrival: Arrival, verdict: Verdict) -> None:
+        """Outbox first, then the spool entry goes. When the outbox cannot be written (a full or
+        read-only disk) the image is not at fault: its entry stays in the spool, /readyz turns 503, and
+        the image is judged again after COMMIT_RETRY_S until the outbox takes it."""
+        document = verdict.as_dict()
+        identifier, payload = self.message(arrival, document)
+        try:
+            self.outbox.put(self.topic, payload, identifier, arrival.received_unix)
+        except (sqlite3.Error, OSError) as exc:
+            self._commit_problem = f"outbox cannot be written ({exc})"
+            log.error("%s: verdict not committed, %s; kept in the spool, retried in %g s",
+                      arrival.entry.name, self._commit_problem, COMMIT_RETRY_S)
+            retry = threading.Timer(COMMIT_RETRY_S, self._enqueue, (Arrival(arrival.entry, None),))
+            retry.daemon = True
+            retry.start()
+            return
+        self._commit_problem = ""
+        self.publisher.notify()
+        self.spool.remove(arrival.entry)
+        for stage, seconds in arrival.seconds.items():
+            self.metrics.stage_seconds.labels(stage).observe(seconds)
+        self.metrics.degraded.set(1 if verdict.degraded else 0)
+        self.metrics.observe_verdict(document, probe=arrival.probe)
 
     def reload(self, config: Config) -> list[str]:
         """SIGHUP: apply a new configuration's model and QC settings between two images; settings that
@@ -230,12 +236,3 @@ class Service:
         self.outbox.close()
         if self.http is not None:
             self.http.stop()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """True once nothing is queued, spooled or waiting in the outbox (tests and the demo)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.queue.empty() and not self.spool.pending() and self.outbox.depth() == 0:
-                return True
-            time.sleep(0.05)
-        return False

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import Config
+from edge.pipeline import Pipeline
 from tests.mosquitto import Broker
 from tools.phantom.acquisition import Acquisition, sample_acquisition
 from tools.phantom.anatomy import PatientParams, sample_patient
@@ -19,6 +21,14 @@ DCMTK_DUMP = Path("/usr/bin/dcmdump")
 DCMTK_TO_PNM = Path("/usr/bin/dcmj2pnm")
 DCMTK_JPEGLS_TO_PNM = Path("/usr/bin/dcml2pnm")
 DCIODVFY = Path("/usr/bin/dciodvfy")
+
+
+@pytest.fixture(scope="session")
+def pipeline() -> Iterator[Pipeline]:
+    """One pipeline with the default model for the whole session (loading it costs a second)."""
+    p = Pipeline(Config())
+    yield p
+    p.close()
 
 
 def require_tool(path: Path, package: str = "dcmtk dicom3tools") -> Path:

@@ -10,6 +10,7 @@ import pytest
 
 import edge
 from edge.config import Config, ConfigError, load_config
+from edge.qc.standard import site_standard
 
 GOOD = """
 [model]
@@ -31,7 +32,7 @@ def test_overrides_and_targets_apply(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
     path.write_text(GOOD)
     config = load_config(path)
-    standard = config.load_standard()
+    standard = site_standard(config.qc, config.source)
     assert standard.rule("ap", "centring").number("max_offset_fraction") == 0.12
     assert standard.rule("lateral", "centring").number("max_offset_fraction") == 0.10  # untouched
     assert standard.rule("oblique", "obliquity").severity == "warn"
@@ -60,8 +61,30 @@ def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:
     path = tmp_path / "site.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        config = load_config(path)
+        site_standard(config.qc, config.source)
     assert names in str(info.value) and "site.toml" in str(info.value)
+
+
+def test_a_site_may_override_every_key_the_shipped_standard_sets(tmp_path: Path) -> None:
+    """The allowed-keys rule is the standard's, one rule: oblique lower coverage names its structure in
+    the shipped file, so a site may change it (once refused as an unknown key)."""
+    path = tmp_path / "site.toml"
+    path.write_text('[qc.overrides.oblique.lower_coverage]\nstructure = "body_L4"\n')
+    config = load_config(path)
+    standard = site_standard(config.qc, config.source)
+    assert standard.rule("oblique", "lower_coverage").text("structure") == "body_L4"
+    assert standard.rule("ap", "lower_coverage").params.get("structure") is None
+
+
+def test_configuration_is_a_leaf() -> None:
+    """edge.config imports nothing from edge-qc, so every package may read it without an import loop."""
+    import ast
+
+    tree = ast.parse((Path(edge.__file__).parent / "config.py").read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [name for name in imported if name == "edge" or name.startswith("edge.")]
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ class Message:
     topic: str
     payload: bytes
     created_unix: float
+    received_unix: float | None  # when the image's first byte arrived (end-to-end latency); None if unknown
 
 
 class Outbox:
@@ -38,23 +39,29 @@ class Outbox:
             " message_id TEXT NOT NULL UNIQUE,"
             " topic TEXT NOT NULL,"
             " payload BLOB NOT NULL,"
-            " created_unix REAL NOT NULL)"
+            " created_unix REAL NOT NULL,"
+            " received_unix REAL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "received_unix" not in columns:  # an outbox written by an older edge-qc: its rows keep NULL
+            self._db.execute("ALTER TABLE outbox ADD COLUMN received_unix REAL")
 
-    def put(self, topic: str, payload: bytes, message_id: str) -> None:
+    def put(self, topic: str, payload: bytes, message_id: str, received_unix: float | None = None) -> None:
         """Commit one message durably; a message id already queued is ignored (idempotent replay)."""
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO outbox (message_id, topic, payload, created_unix) VALUES (?, ?, ?, ?)",
-                (message_id, topic, payload, time.time()),
+                "INSERT OR IGNORE INTO outbox (message_id, topic, payload, created_unix, received_unix)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (message_id, topic, payload, time.time(), received_unix),
             )
 
     def pending(self, limit: int = 100) -> list[Message]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT row, message_id, topic, payload, created_unix FROM outbox ORDER BY row LIMIT ?", (limit,)
+                "SELECT row, message_id, topic, payload, created_unix, received_unix FROM outbox ORDER BY row LIMIT ?",
+                (limit,),
             ).fetchall()
-        return [Message(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+        return [Message(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
 
     def remove(self, row: int) -> None:
         with self._lock:

@@ -6,6 +6,8 @@ edge cut the anatomy, which way the patient is turned), never from a fixed sente
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -59,8 +61,8 @@ class ItemResult:
             "severity": self.severity,
             "value": value,
             "unit": self.unit,
-            "threshold": self.threshold,
-            "detail": self.detail,
+            "threshold": list(self.threshold),
+            "detail": copy.deepcopy(self.detail),
         }
         if self.outcome != "pass":
             out["message"] = self.message
@@ -193,7 +195,7 @@ def judge(measurements: dict[str, Measurement], standard: Standard, view: View) 
     return {name: judge_item(m, standard.rule(view, name), view) for name, m in measurements.items()}
 
 
-def overall(results: dict[str, ItemResult]) -> Literal["pass", "fail", "indeterminate"]:
+def overall(results: Mapping[str, ItemResult]) -> Literal["pass", "fail", "indeterminate"]:
     """Any failed item fails the image; otherwise an item that could not be judged makes it
     indeterminate (a radiograph is never passed on items nobody measured)."""
     if any(r.outcome == "fail" for r in results.values()):

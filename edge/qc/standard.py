@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from edge.config import ConfigError, QcConfig
 from edge.qc.structures import STRUCTURES, VIEWS, View
 
 if sys.version_info >= (3, 11):
@@ -56,6 +57,12 @@ class StandardError(ValueError):
     """A QC standard file that cannot be used; the message names the file and the key."""
 
 
+def allowed_keys(item: str) -> frozenset[str]:
+    """The keys an item's table may hold: its parameters, optional ones, severity and message (the one
+    rule, for the standard file and a site's overrides alike)."""
+    return ITEM_PARAMS[item] | _COMMON_KEYS | _OPTIONAL_PARAMS.get(item, frozenset())
+
+
 @dataclass(frozen=True)
 class ItemRule:
     view: View
@@ -90,7 +97,7 @@ def _check_item(where: str, view: View, item: str, table: object) -> ItemRule:
     if not isinstance(table, dict):
         raise StandardError(f"{where}: '{view}.{item}' must be a table")
     required = ITEM_PARAMS[item]
-    allowed = required | _COMMON_KEYS | _OPTIONAL_PARAMS.get(item, frozenset())
+    allowed = allowed_keys(item)
     for key in table:
         if key not in allowed:
             raise StandardError(f"{where}: unknown key '{view}.{item}.{key}' (allowed: {', '.join(sorted(allowed))})")
@@ -153,3 +160,34 @@ def load_standard(path: Path | None = None) -> Standard:
     """Load a standard file, or the one shipped with edge-qc when `path` is None."""
     _, where = _read(path)
     return parse_standard(standard_data(path), where)
+
+
+def site_standard(qc: QcConfig, source: str) -> Standard:
+    """The standard a site judges by: its standard file (or the shipped one) with the configuration's
+    overrides applied and validated. Errors are ConfigErrors naming the configuration's file and key."""
+    for view in qc.target_exposure_index:
+        if view not in VIEWS:
+            raise ConfigError(f"{source}: unknown key 'qc.target_exposure_index.{view}' (views: {', '.join(VIEWS)})")
+    try:
+        base = standard_data(qc.standard)
+    except StandardError as exc:
+        raise ConfigError(f"{source}: qc.standard: {exc}") from exc
+    for view, items in qc.overrides.items():
+        if view not in VIEWS:
+            raise ConfigError(f"{source}: unknown key 'qc.overrides.{view}' (views: {', '.join(VIEWS)})")
+        for item, params in items.items():
+            if item not in ITEM_PARAMS:
+                raise ConfigError(f"{source}: unknown QC item 'qc.overrides.{view}.{item}'")
+            table = base.get(view, {}).get(item)
+            if table is None:
+                raise ConfigError(f"{source}: qc.overrides.{view}.{item}: the standard has no item '{item}' for {view}")
+            for key, value in params.items():
+                if key not in allowed_keys(item):
+                    allowed = ", ".join(sorted(allowed_keys(item)))
+                    raise ConfigError(f"{source}: qc.overrides.{view}.{item}.{key}: unknown key ({allowed})")
+                table[key] = value
+    where = str(qc.standard or f"edge/qc/standards/{DEFAULT_STANDARD}")
+    try:
+        return parse_standard(base, f"{where} with overrides from {source}")
+    except StandardError as exc:
+        raise ConfigError(str(exc)) from exc

@@ -8,12 +8,16 @@ a verdict to its image.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from edge.qc.judge import ItemResult
+from edge.qc.judge import ItemResult, overall
 
 SCHEMA_ID: Final = "https://edge-qc.invalid/schemas/verdict-1.json"
 VerdictValue = Literal["pass", "fail", "indeterminate", "rejected"]
@@ -39,18 +43,87 @@ class ViewInfo:
         }
 
 
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
 @dataclass(frozen=True)
 class Verdict:
+    """Immutable: its mappings are read-only copies and `as_dict` returns fresh containers, so what a
+    caller does to a payload (hashing the UID, say) never changes the verdict. Build one by keyword
+    through `judged`, `indeterminate` or `rejected`."""
+
     verdict: VerdictValue
     reason: str  # why indeterminate or rejected ("" otherwise)
     reason_code: str  # stable code for metrics: "", "not_lumbar_spine", "view_unknown", a Rejection reason...
     view: ViewInfo | None
-    items: dict[str, ItemResult]
-    notes: list[str]  # things worth knowing that are not QC items (view disagreement, estimated spacing)
-    image: dict[str, object]
-    versions: dict[str, str]
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    items: Mapping[str, ItemResult]
+    notes: tuple[str, ...]  # things worth knowing that are not QC items (view disagreement, estimated spacing)
+    image: Mapping[str, object]
+    versions: Mapping[str, str]
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
     degraded: bool = False  # judged by the fallback backend, not the configured one (a note says why)
+
+    def __post_init__(self) -> None:
+        for name in ("items", "image", "versions", "timings_ms"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        object.__setattr__(self, "notes", tuple(self.notes))
+
+    @classmethod
+    def judged(
+        cls,
+        *,
+        items: Mapping[str, ItemResult],
+        view: ViewInfo,
+        image: Mapping[str, object],
+        versions: Mapping[str, str],
+        notes: Iterable[str] = (),
+        timings_ms: Mapping[str, float] | None = None,
+        degraded: bool = False,
+    ) -> Verdict:
+        """The standard applied: pass, fail, or indeterminate when a failing-severity item could not
+        be measured."""
+        outcome = overall(dict(items))
+        reason, code = "", ""
+        if outcome == "indeterminate":
+            missing = [r.item for r in items.values() if r.outcome == "indeterminate" and r.severity == "fail"]
+            reason, code = f"could not judge: {', '.join(missing)}", "items_unmeasurable"
+        return cls(outcome, reason, code, view, items, tuple(notes), image, versions, timings_ms or {}, degraded)
+
+    @classmethod
+    def indeterminate(
+        cls,
+        *,
+        reason: str,
+        code: str,
+        view: ViewInfo | None,
+        image: Mapping[str, object],
+        versions: Mapping[str, str],
+        notes: Iterable[str] = (),
+        timings_ms: Mapping[str, float] | None = None,
+        degraded: bool = False,
+    ) -> Verdict:
+        """The image was read but cannot be judged (not a lumbar spine, view unknown): no items."""
+        return cls("indeterminate", reason, code, view, {}, tuple(notes), image, versions, timings_ms or {}, degraded)
+
+    @classmethod
+    def rejected(
+        cls,
+        *,
+        reason: str,
+        code: str,
+        versions: Mapping[str, str],
+        notes: Iterable[str] = (),
+        timings_ms: Mapping[str, float] | None = None,
+        degraded: bool = False,
+    ) -> Verdict:
+        """The image could not be read at all (not a radiograph, unsupported encoding...)."""
+        image = {"sop_instance_uid": ""}
+        return cls("rejected", reason, code, None, {}, tuple(notes), image, versions, timings_ms or {}, degraded)
+
+    def with_note(self, note: str) -> Verdict:
+        """A copy with one more note (the verdict itself never changes)."""
+        return dataclasses.replace(self, notes=(*self.notes, note))
 
     @property
     def failed(self) -> list[ItemResult]:
@@ -75,14 +148,11 @@ class Verdict:
             "warnings": [brief(r) for r in self.warned],
             "notes": list(self.notes),
             "items": {name: r.as_dict() for name, r in self.items.items()},
-            "image": self.image,
-            "versions": self.versions,
+            "image": copy.deepcopy(dict(self.image)),
+            "versions": dict(self.versions),
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "degraded": self.degraded,
         }
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.as_dict(), indent=indent, allow_nan=False)
 
     def summary(self) -> str:
         """One line per finding, for a console or a log."""

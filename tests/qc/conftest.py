@@ -1,24 +1,13 @@
-"""QC fixtures: one pipeline for the session, and phantom cases written as DICOM files."""
+"""QC fixtures: phantom cases written as DICOM files (the session's pipeline is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from edge.config import Config
 from edge.pipeline import Pipeline, Result
 from tools.phantom.acquisition import Acquisition, sample_acquisition
 from tools.phantom.dataset import PhantomImage, SetOptions, generate_image, image_dataset, image_rng
 from tools.phantom.dicom_io import write_dicom
-
-
-@pytest.fixture(scope="session")
-def pipeline() -> Iterator[Pipeline]:
-    p = Pipeline(Config())
-    yield p
-    p.close()
 
 
 def write_case(image: PhantomImage, folder: Path, compression: str = "none") -> Path:
