@@ -18,9 +18,8 @@ from edge.config import ConfigError, DicomConfig
 from edge.dicom.scp import OUT_OF_RESOURCES, STORAGE_CLASSES, SUCCESS, VERIFICATION, StorageScp
 from edge.dicom.spool import Arrival, Spool
 from tests.conftest import require_tool
-from tests.mosquitto import wait_for
 from tests.qc.conftest import fault_case, write_case
-from tools.demo import free_port
+from tools.testbed import free_port, wait_for
 
 STORESCU = Path("/usr/bin/storescu")  # DCMTK's, not the one pynetdicom installs into the venv
 

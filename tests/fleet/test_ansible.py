@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 
 from edge.qc.structures import STRUCTURES
-from tests.mosquitto import Broker, Subscriber, wait_for
-from tools.demo import free_port
+from tools.testbed import Broker, VerdictSubscriber, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -56,7 +55,7 @@ class Staging:
     inventory: Path
     variables: Path
     env: dict[str, str]
-    subscriber: Subscriber
+    subscriber: VerdictSubscriber
     metrics_port: int
 
     @property
@@ -85,9 +84,9 @@ class Staging:
 
     def verdicts_from(self, version: str) -> list[dict[str, Any]]:
         return [
-            m["verdict"]  # type: ignore[misc]
+            m["verdict"]
             for m in self.subscriber.payloads("verdict")
-            if m["verdict"]["versions"]["model"] == f"lumbar-resunet {version}"  # type: ignore[index]
+            if m["verdict"]["versions"]["model"] == f"lumbar-resunet {version}"
         ]
 
 
@@ -187,7 +186,7 @@ def staging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staging]:
         "ANSIBLE_FORCE_COLOR": "0",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
-    subscriber = Subscriber(broker.port, "edgeqc/#")
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/#")
     stage = Staging(folder, folder / "root", inventory, folder / "vars.json", env, subscriber, metrics_port)
     yield stage
     control = stage.root / "opt/edge-qc/bin/edge-qc-ctl"
@@ -323,7 +322,7 @@ def test_the_device_broker_stores_and_forwards_to_the_site_broker(staging: Stagi
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from tools.demo import mosquitto_binary
+    from tools.testbed import mosquitto_binary
 
     binary = mosquitto_binary()
     if binary is None:

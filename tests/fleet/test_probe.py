@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,23 +12,22 @@ import pytest
 
 from edge.cli import main
 from edge.config import DEFAULT_MODEL, load_config
-from tests.mosquitto import Broker, Subscriber, wait_for
-from tests.service.test_serve import scrape, site_config, start_daemon, stop_daemon
+from tools.testbed import Broker, Daemon, VerdictSubscriber, site_config, wait_for
 
 HEALTH = Path(__file__).resolve().parents[2] / "engines" / "health"
 SERVED = DEFAULT_MODEL.name  # the daemon serves the default model version
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Daemon]]:
     """A real Mosquitto and `edge-qc serve` (the default model), shared by the probes of this module."""
     folder = tmp_path_factory.mktemp("probe")
     broker = Broker(folder)
     broker.start()
     config, _ = site_config(folder, broker.port)
-    process = start_daemon(config)
+    process = Daemon.start(config)
     yield config, process
-    stop_daemon(process)
+    assert process.stop() == 0
     broker.stop()
 
 
@@ -45,7 +43,7 @@ def expected() -> dict[str, dict[str, Any]]:
 
 
 def test_every_health_image_gets_its_expected_verdict_through_the_daemon(
-    daemon: tuple[Path, subprocess.Popen[str]], capsys: pytest.CaptureFixture[str]
+    daemon: tuple[Path, Daemon], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, _ = daemon
     assert len(expected()) == 2
@@ -68,13 +66,13 @@ def test_every_health_image_gets_its_expected_verdict_through_the_daemon(
 
 
 def test_each_probe_is_a_new_image_marked_as_a_probe(
-    daemon: tuple[Path, subprocess.Popen[str]], capsys: pytest.CaptureFixture[str]
+    daemon: tuple[Path, Daemon], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two probes with the same file both get their own verdict (a fresh SOP Instance UID each time);
     their payloads say "probe" and they are counted as probes, not as the room's images."""
-    config, _ = daemon
-    subscriber = Subscriber(load_config(config).mqtt.port, "edgeqc/h1/xr2/jetson7/verdict")
-    before = scrape(config)
+    config, process = daemon
+    subscriber = VerdictSubscriber(load_config(config).mqtt.port, "edgeqc/h1/xr2/jetson7/verdict")
+    before = process.scrape()
     image = HEALTH / "ap-good.dcm"
     for _ in range(2):
         code, summary = probe(capsys, "--config", config, image, "--expect", "pass")
@@ -82,7 +80,7 @@ def test_each_probe_is_a_new_image_marked_as_a_probe(
     assert wait_for(lambda: len(subscriber.payloads("verdict")) == 2)
     assert all(m["probe"] is True for m in subscriber.payloads("verdict"))
     subscriber.close()
-    after = scrape(config)
+    after = process.scrape()
     probes, clinical = 'edgeqc_probes_total{verdict="pass"}', 'edgeqc_images_judged_total{verdict="pass",view="ap"}'
     assert counter(after, probes) - counter(before, probes) == 2
     assert counter(after, clinical) == counter(before, clinical)  # a rollout does not move the room's figures
@@ -97,7 +95,7 @@ def counter(text: str, sample: str) -> float:
 
 
 def test_a_different_verdict_exits_1_and_says_what_came(
-    daemon: tuple[Path, subprocess.Popen[str]], capsys: pytest.CaptureFixture[str]
+    daemon: tuple[Path, Daemon], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config, _ = daemon
     code, summary = probe(capsys, "--config", config, HEALTH / "oblique-under-rotated.dcm", "--expect", "pass")
@@ -122,7 +120,7 @@ def test_a_different_verdict_exits_1_and_says_what_came(
 
 
 def test_a_refused_association_or_a_silent_topic_exits_2_naming_it(
-    daemon: tuple[Path, subprocess.Popen[str]], capsys: pytest.CaptureFixture[str], tmp_path: Path
+    daemon: tuple[Path, Daemon], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     config, _ = daemon
     code, summary = probe(

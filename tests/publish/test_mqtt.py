@@ -10,8 +10,7 @@ from pathlib import Path
 from edge.publish.mqtt import BrokerSettings, Publisher
 from edge.publish.outbox import Outbox
 from tests.conftest import require_tool
-from tests.mosquitto import RUN_AS_INVOKER, Broker, Subscriber, wait_for
-from tools.demo import free_port
+from tools.testbed import RUN_AS_INVOKER, Broker, VerdictSubscriber, free_port, wait_for
 
 MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
 
@@ -22,7 +21,7 @@ def queue(outbox: Outbox, first: int, count: int) -> None:
 
 
 def test_verdicts_arrive_in_order_and_status_is_retained(broker: Broker, tmp_path: Path) -> None:
-    subscriber = Subscriber(broker.port, "edgeqc/#")
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/#")
     outbox = Outbox(tmp_path / "outbox.sqlite")
     settings = BrokerSettings(port=broker.port, status_topic="edgeqc/s/r/d/status", birth={"model": "m 0.2.0"})
     publisher = Publisher(outbox, settings)
@@ -38,7 +37,7 @@ def test_verdicts_arrive_in_order_and_status_is_retained(broker: Broker, tmp_pat
 
 
 def test_nothing_is_lost_while_the_broker_is_down(broker: Broker, tmp_path: Path) -> None:
-    subscriber = Subscriber(broker.port, "edgeqc/+/+/+/verdict")
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/+/+/+/verdict")
     outbox = Outbox(tmp_path / "outbox.sqlite")
     publisher = Publisher(outbox, BrokerSettings(port=broker.port, ack_timeout_s=2.0))
     publisher.start()
@@ -91,7 +90,7 @@ def tls_broker(folder: Path, pki: Path) -> tuple[Broker, int]:
 def test_tls_with_client_certificate_and_password(tmp_path: Path, pki: Path) -> None:
     require_tool(MOSQUITTO_PASSWD, package="mosquitto")
     broker, tls_port = tls_broker(tmp_path, pki)
-    subscriber = Subscriber(broker.port, "edgeqc/+/+/+/verdict")
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/+/+/+/verdict")
     def settings(password: str) -> BrokerSettings:
         return BrokerSettings(
             port=tls_port,

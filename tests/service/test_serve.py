@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import jsonschema
 import pydicom
 import pytest
 
-from edge.config import DEFAULT_MODEL, load_config
+from edge.config import DEFAULT_MODEL
 from edge.publish.outbox import Outbox
 from edge.qc.verdict import schema
 from tests.conftest import require_tool
 from tests.dicom.test_decode import PYDICOM_FILES
-from tests.dicom.test_scp import STORESCU
-from tests.mosquitto import Broker, Subscriber, wait_for
 from tests.qc.conftest import fault_case, write_case
-from tools.demo import free_port
+from tools.testbed import Broker, Daemon, VerdictSubscriber, send, site_config, store, wait_for
 
 PROMTOOL = Path("/usr/bin/promtool")
 
@@ -41,80 +35,11 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def site_config(folder: Path, broker_port: int) -> tuple[Path, int]:
-    port, metrics_port = free_port(), free_port()
-    config = folder / "site.toml"
-    config.write_text(
-        f"""
-[model]
-threads = 1
-[dicom]
-ae_title = "EDGEQC"
-bind = "127.0.0.1"
-port = {port}
-allowed_calling_aets = ["MODALITY", "EDGEQC-PROBE"]
-[mqtt]
-port = {broker_port}
-site = "h1"
-room = "xr2"
-device = "jetson7"
-[service]
-spool_dir = "spool"
-outbox_path = "outbox.sqlite"
-[metrics]
-port = {metrics_port}
-"""
-    )
-    return config, port
-
-
-def start_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert daemon.stdout is not None
-    seen = []
-    for line in daemon.stdout:  # logs first (recovery...), then "edge-qc serving: ..." once ready
-        seen.append(line)
-        if "edge-qc serving" in line:
-            lines: list[str] = []
-            daemon.lines = lines  # type: ignore[attr-defined]
-            threading.Thread(target=lines.extend, args=(daemon.stdout,), daemon=True).start()  # keep the pipe empty
-            return daemon
-    raise AssertionError("the daemon did not start:\n" + "".join(seen))
-
-
-def stop_daemon(daemon: subprocess.Popen[str]) -> None:
-    """SIGTERM: the daemon drains (judges what it received, hands verdicts to the broker) and exits 0."""
-    daemon.send_signal(signal.SIGTERM)
-    assert daemon.wait(timeout=60) == 0
-
-
-def endpoint(config: Path, path: str) -> tuple[int, str]:
-    """GET one of the daemon's HTTP endpoints (the [metrics] port of `config`): status and body."""
-    url = f"http://127.0.0.1:{load_config(config).metrics.port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(response.status), response.read().decode().strip()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode().strip()
-
-
-def scrape(config: Path) -> str:
-    status, text = endpoint(config, "/metrics")
-    assert status == 200, text
-    return text
-
-
-def check_endpoints(config: Path) -> str:
+def check_endpoints(daemon: Daemon) -> str:
     """Scrape /metrics over HTTP and lint it with promtool; /healthz and /readyz answer."""
-    assert endpoint(config, "/healthz")[0] == 200
-    assert endpoint(config, "/readyz") == (200, "ready")
-    text = scrape(config)
+    assert daemon.endpoint("/healthz")[0] == 200
+    assert daemon.endpoint("/readyz") == (200, "ready")
+    text = daemon.scrape()
     promtool = require_tool(PROMTOOL, package="prometheus")
     exposition = text + "\n"  # endpoint() strips the body; the exposition format ends with a newline
     lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True, check=False)
@@ -122,29 +47,22 @@ def check_endpoints(config: Path) -> str:
     return text
 
 
-def store(port: int, *files: Path) -> None:
-    storescu = require_tool(STORESCU)
-    proc = subprocess.run(
-        [str(storescu), "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+def stop_daemon(daemon: Daemon) -> None:
+    """SIGTERM: the daemon drains (judges what it received, hands verdicts to the broker) and exits 0."""
+    assert daemon.stop() == 0
 
 
 def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[str, Path], tmp_path: Path) -> None:
     config, port = site_config(tmp_path, broker.port)
-    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/#")
-    daemon = start_daemon(config)
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/#")
+    daemon = Daemon.start(config)
     try:
         store(port, *studies.values())
         assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 3, timeout=60)
         messages = subscriber.payloads("verdict")
         assert len({m["message_id"] for m in messages}) == 3
-        assert {m["verdict"]["view"]["judged"] for m in messages} == {"ap", "lateral", "oblique"}  # type: ignore[index]
-        assert all(m["verdict"]["verdict"] == "fail" for m in messages)  # type: ignore[index]
+        assert {m["verdict"]["view"]["judged"] for m in messages} == {"ap", "lateral", "oblique"}
+        assert all(m["verdict"]["verdict"] == "fail" for m in messages)
         assert all(m["probe"] is False for m in messages)  # a modality's images, not health probes
         for m in messages:
             jsonschema.validate(m["verdict"], schema())
@@ -155,7 +73,7 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         status = subscriber.payloads("status")
         assert status and status[-1]["state"] == "online"
         assert not list((tmp_path / "spool").glob("*.dcm"))  # spool emptied once verdicts were queued
-        scraped = check_endpoints(config)
+        scraped = check_endpoints(daemon)
         assert 'edgeqc_images_judged_total{verdict="fail",view="ap"} 1.0' in scraped
         assert "edgeqc_images_received_total 3.0" in scraped
         info = next(line for line in scraped.splitlines() if line.startswith("edgeqc_model_info{"))
@@ -166,8 +84,8 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         assert 'edgeqc_stage_duration_seconds_count{stage="infer"} 3.0' in scraped
         for stage in ("receive", "spool", "queue"):  # the transport stages, in the metrics and in every payload
             assert f'edgeqc_stage_duration_seconds_count{{stage="{stage}"}} 3.0' in scraped
-            assert all(0 <= m["timings_ms"][stage] < 60_000 for m in messages)  # type: ignore[index]
-        assert all(abs(m["received_unix"] - time.time()) < 600 for m in messages)  # type: ignore[operator]
+            assert all(0 <= m["timings_ms"][stage] < 60_000 for m in messages)
+        assert all(abs(m["received_unix"] - time.time()) < 600 for m in messages)
         assert 'edgeqc_stage_duration_seconds_count{stage="spool"} 3.0' in scraped
         assert "edgeqc_outbox_depth 0.0" in scraped and "edgeqc_degraded 0.0" in scraped
         assert "edgeqc_active_associations 0.0" in scraped  # storescu released its association
@@ -182,20 +100,19 @@ def test_a_verdict_survives_sigkill_after_the_store_succeeded(
     broker: Broker, studies: dict[str, Path], tmp_path: Path
 ) -> None:
     config, port = site_config(tmp_path, broker.port)
-    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
-    daemon = start_daemon(config)
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
+    daemon = Daemon.start(config)
     store(port, studies["lat-tilt"])
-    os.kill(daemon.pid, signal.SIGKILL)  # right after the modality heard "success"
-    daemon.wait(timeout=30)
+    daemon.kill()  # SIGKILL right after the modality heard "success"
     spooled = len(list((tmp_path / "spool").glob("*.dcm")))
     queued = Outbox(tmp_path / "outbox.sqlite").depth()
     assert spooled + queued + len(subscriber.payloads("verdict")) >= 1  # it is somewhere durable
-    daemon = start_daemon(config)  # the restart judges the spool first and flushes the outbox
+    daemon = Daemon.start(config)  # the restart judges the spool first and flushes the outbox
     try:
         assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 1, timeout=60)
         ids = {m["message_id"] for m in subscriber.payloads("verdict")}
         assert len(ids) == 1
-        assert subscriber.payloads("verdict")[0]["verdict"]["view"]["judged"] == "lateral"  # type: ignore[index]
+        assert subscriber.payloads("verdict")[0]["verdict"]["view"]["judged"] == "lateral"
     finally:
         stop_daemon(daemon)
     subscriber.close()
@@ -220,7 +137,7 @@ def test_systemd_ready_watchdog_and_stopping(broker: Broker, tmp_path: Path) -> 
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    daemon = start_daemon(config, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    daemon = Daemon.start(config, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
     try:
         assert wait_for(lambda: sum("WATCHDOG=1" in m for m in messages) >= 3, timeout=20)
         assert any(m.startswith("READY=1") and "STATUS=serving lumbar-resunet" in m for m in messages)
@@ -236,21 +153,21 @@ def test_sighup_reloads_qc_settings_and_refuses_a_bad_configuration(
     broker: Broker, studies: dict[str, Path], tmp_path: Path
 ) -> None:
     config, port = site_config(tmp_path, broker.port)
-    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
-    daemon = start_daemon(config)
-    lines: list[str] = daemon.lines  # type: ignore[attr-defined]
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
+    daemon = Daemon.start(config)
+    lines = daemon.lines
     try:
         good = config.read_text().replace("[dicom]", "[dicom]\nmax_associations = 2")
         config.write_text(good + "\n[qc.overrides.ap.centring]\nmax_offset_fraction = 0.3\n")
-        daemon.send_signal(signal.SIGHUP)
+        daemon.signal(signal.SIGHUP)
         assert wait_for(lambda: any("configuration reloaded" in line for line in lines))
         assert wait_for(lambda: any("'dicom' changed: takes effect after a restart" in line for line in lines))
         config.write_text(good + "\n[qc.overrides.ap.centring]\nmax_offset = 0.3\n")  # misspelt key
-        daemon.send_signal(signal.SIGHUP)
+        daemon.signal(signal.SIGHUP)
         assert wait_for(lambda: any("configuration not reloaded" in line and "max_offset" in line for line in lines))
         store(port, studies["ap-cut"])  # still serving, with the reloaded standard
         assert wait_for(lambda: len(subscriber.payloads("verdict")) == 1, timeout=60)
-        items = subscriber.payloads("verdict")[0]["verdict"]["items"]  # type: ignore[index]
+        items = subscriber.payloads("verdict")[0]["verdict"]["items"]
         assert items["centring"]["threshold"] == [0.3]
     finally:
         stop_daemon(daemon)
@@ -264,8 +181,8 @@ def test_a_burst_larger_than_the_queue_is_held_back_not_lost(
     config.write_text(
         config.read_text().replace('outbox_path = "outbox.sqlite"', 'outbox_path = "outbox.sqlite"\nqueue_size = 1')
     )
-    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
-    daemon = start_daemon(config)
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
+    daemon = Daemon.start(config)
     try:
         senders = [threading.Thread(target=store, args=(port, *studies.values())) for _ in range(2)]
         for sender in senders:  # 2 associations x 3 images against a queue of 1
@@ -290,21 +207,16 @@ def test_bad_inputs_get_a_failure_status_or_a_reasoned_verdict_and_serving_goes_
     truncated.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
     truncated.save_as(tmp_path / "truncated.dcm")
     config, port = site_config(tmp_path, broker.port)
-    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
-    daemon = start_daemon(config)
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
+    daemon = Daemon.start(config)
     try:
-        storescu = require_tool(STORESCU)
-        mr = subprocess.run(
-            [str(storescu), "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port),
-             str(PYDICOM_FILES / "MR_small.dcm")],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        mr = send(port, PYDICOM_FILES / "MR_small.dcm")
         assert mr.returncode != 0 and "presentation context" in (mr.stdout + mr.stderr).lower()
         data = Path(store_.__file__).parent / "data"
         store(port, tmp_path / "truncated.dcm", data / "SC_rgb.dcm", data / "RG1_UNCR.dcm")  # RG1: a CR chest
         assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 3, timeout=60)
         verdicts = [m["verdict"] for m in subscriber.payloads("verdict")]
-        outcomes = {(v["verdict"], v["reason_code"]) for v in verdicts}  # type: ignore[index]
+        outcomes = {(v["verdict"], v["reason_code"]) for v in verdicts}
         assert outcomes == {
             ("rejected", "undecodable"),
             ("rejected", "not_greyscale"),
@@ -312,11 +224,11 @@ def test_bad_inputs_get_a_failure_status_or_a_reasoned_verdict_and_serving_goes_
         }
         for m in subscriber.payloads("verdict"):
             jsonschema.validate(m["verdict"], schema())
-            assert m["verdict"]["reason"]  # type: ignore[index]
+            assert m["verdict"]["reason"]
         store(port, studies["obl-under"])
         assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 4, timeout=60)
-        assert subscriber.payloads("verdict")[-1]["verdict"]["view"]["judged"] == "oblique"  # type: ignore[index]
-        assert daemon.poll() is None
+        assert subscriber.payloads("verdict")[-1]["verdict"]["view"]["judged"] == "oblique"
+        assert daemon.process.poll() is None
     finally:
         stop_daemon(daemon)
     subscriber.close()
@@ -328,20 +240,20 @@ def test_verdicts_made_while_the_broker_is_down_arrive_when_it_returns(
     broker = Broker(tmp_path, persistent=True)  # so the subscriber's session outlives the restart
     broker.start()
     config, port = site_config(tmp_path, broker.port)
-    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict", persistent_session=True)
-    daemon = start_daemon(config)
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict", persistent_session=True)
+    daemon = Daemon.start(config)
     try:
         store(port, studies["ap-cut"])
         assert wait_for(lambda: len(subscriber.payloads("verdict")) == 1, timeout=60)
         broker.stop()
         store(port, studies["lat-tilt"], studies["obl-under"])  # judged while nobody can hear
         assert wait_for(lambda: Outbox(tmp_path / "outbox.sqlite").depth() == 2, timeout=60)
-        assert wait_for(lambda: endpoint(config, "/readyz") == (503, "broker not connected"))
+        assert wait_for(lambda: daemon.endpoint("/readyz") == (503, "broker not connected"))
         broker.start()
         assert wait_for(lambda: len({m["message_id"] for m in subscriber.payloads("verdict")}) == 3, timeout=60)
-        judged = [m["verdict"]["view"]["judged"] for m in subscriber.payloads("verdict")]  # type: ignore[index]
+        judged = [m["verdict"]["view"]["judged"] for m in subscriber.payloads("verdict")]
         assert list(dict.fromkeys(judged)) == ["ap", "lateral", "oblique"]  # in order (at-least-once)
-        assert wait_for(lambda: endpoint(config, "/readyz") == (200, "ready"))
+        assert wait_for(lambda: daemon.endpoint("/readyz") == (200, "ready"))
     finally:
         stop_daemon(daemon)
         subscriber.close()
@@ -368,23 +280,23 @@ def test_an_engine_activation_is_followed_while_idle(broker: Broker, tmp_path: P
     store_.activate("0.1.0")
     config, _ = site_config(tmp_path, broker.port)
     config.write_text(config.read_text().replace("[model]\n", f'[model]\npath = "{engines / "current"}"\n'))
-    subscriber = Subscriber(broker.port, "edgeqc/h1/xr2/jetson7/status")
-    daemon = start_daemon(config)
+    subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/status")
+    daemon = Daemon.start(config)
     try:
-        assert 'model="lumbar-resunet 0.1.0"' in scrape(config)
+        assert 'model="lumbar-resunet 0.1.0"' in daemon.scrape()
         store_.activate("0.2.0")
-        assert wait_for(lambda: 'model="lumbar-resunet 0.2.0"' in scrape(config), timeout=60)
-        assert 'model="lumbar-resunet 0.1.0"' not in scrape(config)
+        assert wait_for(lambda: 'model="lumbar-resunet 0.2.0"' in daemon.scrape(), timeout=60)
+        assert 'model="lumbar-resunet 0.1.0"' not in daemon.scrape()
         status = subscriber.payloads("status")
 
         def announced() -> object:
-            return subscriber.payloads("status")[-1].get("versions", {}).get("model")  # type: ignore[attr-defined]
+            return subscriber.payloads("status")[-1].get("versions", {}).get("model")
 
         assert wait_for(lambda: announced() == "lumbar-resunet 0.2.0")
-        assert status[0]["versions"]["model"] == "lumbar-resunet 0.1.0"  # type: ignore[index]
+        assert status[0]["versions"]["model"] == "lumbar-resunet 0.1.0"
         store_.activate("0.3.0")
-        assert wait_for(lambda: "edgeqc_activation_failed 1.0" in scrape(config), timeout=60)
-        assert 'model="lumbar-resunet 0.2.0"' in scrape(config)  # the running version keeps serving
+        assert wait_for(lambda: "edgeqc_activation_failed 1.0" in daemon.scrape(), timeout=60)
+        assert 'model="lumbar-resunet 0.2.0"' in daemon.scrape()  # the running version keeps serving
     finally:
         stop_daemon(daemon)
         subscriber.close()

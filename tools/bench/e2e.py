@@ -7,20 +7,16 @@ the same run: DCMTK's storescp receiving the same files, and the model alone on 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pydicom
-from paho.mqtt.enums import CallbackAPIVersion
 
 STORESCU = Path("/usr/bin/storescu")
 STORESCP = Path("/usr/bin/storescp")
@@ -43,22 +39,23 @@ def rss_bytes(pid: int) -> int:
 
 
 def run(count: int, sustained_minutes: float = 0.0) -> int:
-    from tools.demo import free_port, mosquitto_binary, start_mosquitto, write_studies
+    from edge.publish.message import hashed_uid
+    from tools.demo import write_studies
+    from tools.testbed import Broker, Daemon, ToolMissingError, VerdictSubscriber, free_port, site_config
 
     if not STORESCU.exists() or not STORESCP.exists():
         print("error: needs DCMTK (apt-get install dcmtk)", file=sys.stderr)
         return 2
-    mosquitto = mosquitto_binary()
-    if mosquitto is None:
-        print("error: needs mosquitto (apt-get install mosquitto)", file=sys.stderr)
-        return 2
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        try:
+            broker = Broker(out / "broker")
+        except ToolMissingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         studies = write_studies(out / "studies")
         files = [studies[i % len(studies)] for i in range(count)]
-        uid_of = {
-            p: "sha256:" + hashlib.sha256(pydicom.dcmread(p).SOPInstanceUID.encode()).hexdigest()[:32] for p in studies
-        }
+        uid_of = {p: hashed_uid(pydicom.dcmread(p).SOPInstanceUID) for p in studies}
 
         # floor 1: DCMTK storescp receiving the same files
         floor_port = free_port()
@@ -93,38 +90,17 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
         backend.close()
 
         # the appliance
-        dicom_port = free_port()
-        broker, broker_port = start_mosquitto(mosquitto, out)
-        config = out / "site.toml"
-        config.write_text(
-            f'[dicom]\nbind = "127.0.0.1"\nport = {dicom_port}\nallowed_calling_aets = ["MODALITY"]\n'
-            f'[mqtt]\nport = {broker_port}\n[service]\nspool_dir = "spool"\noutbox_path = "outbox.sqlite"\n'
-            f"[metrics]\nenabled = false\n"
-        )
-        arrivals: dict[str, list[float]] = {}
-        stages: dict[str, list[float]] = {}
-        lock = threading.Lock()
+        broker.start()
+        config, dicom_port = site_config(out, broker.port, calling_aets=("MODALITY",), threads=2)
+        arrivals: dict[str, list[float]] = {}  # hashed UID -> perf_counter() of each verdict's arrival
 
-        def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-            payload = json.loads(message.payload)
-            uid = payload["verdict"]["image"]["sop_instance_uid"]
-            with lock:
-                arrivals.setdefault(uid, []).append(time.perf_counter())
-                for stage, ms in {**payload["timings_ms"], **payload["verdict"]["timings_ms"]}.items():
-                    stages.setdefault(stage, []).append(ms)  # receive, spool, queue; then decode .. judge
+        def note(topic: str, payload: dict[str, Any]) -> None:
+            arrivals.setdefault(payload["verdict"]["image"]["sop_instance_uid"], []).append(time.perf_counter())
 
-        sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="bench")
-        sub.on_connect = lambda c, u, f, r, p: c.subscribe("edgeqc/+/+/+/verdict", qos=1)
-        sub.on_message = on_message
-        sub.connect("127.0.0.1", broker_port)
-        sub.loop_start()
-        log = open(out / "daemon.log", "w")  # noqa: SIM115
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "serve", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
+        sub = VerdictSubscriber(broker.port, "edgeqc/+/+/+/verdict", on_message=note, client_id="bench")
+
+        daemon = Daemon.start(config, log=out / "daemon.log")
         try:
-            while "edge-qc serving" not in (out / "daemon.log").read_text():
-                time.sleep(0.1)
             latency = []
             if sustained_minutes:  # one image per second, as a busy X-ray room never sends
                 files = [studies[i % len(studies)] for i in range(int(sustained_minutes * 60))]
@@ -136,24 +112,25 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
                         rss_start = rss_bytes(daemon.pid)  # after the first half minute: caches warm
                     rss_peak = max(rss_peak, rss_bytes(daemon.pid))
                 uid = uid_of[path]
-                with lock:
-                    before = len(arrivals.get(uid, []))
+                before = len(arrivals.get(uid, []))
                 start = time.perf_counter()
                 _send(dicom_port, path, "EDGEQC")
                 deadline = time.perf_counter() + 30
                 while time.perf_counter() < deadline:
-                    with lock:
-                        if len(arrivals.get(uid, [])) > before:
-                            latency.append(arrivals[uid][before] - start)
-                            break
+                    seen = arrivals.get(uid, [])
+                    if len(seen) > before:
+                        latency.append(seen[before] - start)
+                        break
                     time.sleep(0.002)
             rss_end = rss_bytes(daemon.pid)
         finally:
-            daemon.terminate()
-            daemon.wait(timeout=60)
-            sub.loop_stop()
-            broker.terminate()
-            broker.wait()
+            daemon.stop()
+            sub.close()
+            broker.stop()
+        stages: dict[str, list[float]] = {}
+        for _, payload in sub.arrivals("/verdict"):  # receive, spool, queue; then decode .. judge
+            for stage, ms in {**payload["timings_ms"], **payload["verdict"]["timings_ms"]}.items():
+                stages.setdefault(stage, []).append(ms)
     floors = statistics.median(transfer) + statistics.median(model)
     e2e = statistics.median(latency)
     print(f"end to end over loopback, {len(latency)} of {len(files)} full-size 16-bit DX files (2,500 x 2,500):")

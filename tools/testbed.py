@@ -1,0 +1,283 @@
+"""The one test bed: a real Mosquitto, `edge-qc serve`, DCMTK's storescu and a verdict subscriber, all on
+free loopback ports. The demo, the end-to-end benchmark and the tests use these and nothing else, so
+"start the daemon and wait until it is ready" is written once (it waits on /readyz, the same signal
+systemd and the fleet's health gate use, not on a line of log text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+MOSQUITTO: Final = Path("/usr/sbin/mosquitto")
+STORESCU: Final = Path("/usr/bin/storescu")  # DCMTK's; pynetdicom's own storescu is another program
+# Started as root, Mosquitto drops to the "mosquitto" user, which cannot read a test's private temporary
+# files (certificates, password file, persistence); "user root" keeps it as it was started.
+RUN_AS_INVOKER: Final = "user root\n"
+
+
+class ToolMissingError(RuntimeError):
+    """A program the test bed needs is not installed; the message names the Debian package."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_binary() -> str | None:
+    return str(MOSQUITTO) if MOSQUITTO.exists() else shutil.which("mosquitto")
+
+
+def storescu_binary() -> Path:
+    if STORESCU.exists():
+        return STORESCU
+    raise ToolMissingError(f"{STORESCU} not installed (apt-get install dcmtk)")
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Broker:
+    """A Mosquitto on a loopback port that a test can stop and start again."""
+
+    def __init__(self, folder: Path, persistent: bool = False) -> None:
+        """`persistent`: sessions and queued messages survive a restart (saved on a clean stop)."""
+        binary = mosquitto_binary()
+        if binary is None:
+            raise ToolMissingError("mosquitto not installed (apt-get install mosquitto)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.binary = binary
+        self.port = free_port()
+        self.config = folder / "mosquitto.conf"
+        persistence = f"persistence true\npersistence_location {folder}/\n" if persistent else "persistence false\n"
+        self.config.write_text(f"{RUN_AS_INVOKER}listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stderr=subprocess.DEVNULL)
+        if not wait_for(lambda: _accepts(self.port), timeout=10):
+            raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class VerdictSubscriber:
+    """Collects every message on a topic filter (with its arrival time), resubscribing after a broker
+    restart; `on_message` sees each one as it arrives (the demo prints them)."""
+
+    def __init__(
+        self,
+        port: int,
+        topic: str,
+        persistent_session: bool = False,
+        on_message: Callable[[str, dict[str, Any]], None] | None = None,
+        client_id: str = "test-subscriber",
+    ) -> None:
+        """`persistent_session`: the broker keeps what arrives while this subscriber is away (QoS 1)."""
+        self.messages: list[tuple[str, bytes, bool, float]] = []  # topic, payload, retained, perf_counter()
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self._callback = on_message
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent_session
+        )
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain), time.perf_counter()))
+        if self._callback is not None:
+            self._callback(message.topic, json.loads(message.payload))
+
+    def payloads(self, topic_part: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [json.loads(p) for t, p, _, _ in self.messages if topic_part in t]
+
+    def arrivals(self, topic_part: str) -> list[tuple[float, dict[str, Any]]]:
+        """(perf_counter() at arrival, payload) of each message whose topic contains `topic_part`."""
+        with self.lock:
+            return [(at, json.loads(p)) for t, p, _, at in self.messages if topic_part in t]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def site_config(
+    folder: Path,
+    broker_port: int,
+    names: tuple[str, str, str] = ("h1", "xr2", "jetson7"),
+    calling_aets: tuple[str, ...] = ("MODALITY", "EDGEQC-PROBE"),
+    threads: int = 1,
+) -> tuple[Path, int]:
+    """A site.toml for a daemon on loopback (spool and outbox in `folder`); returns it and the DICOM port."""
+    port, metrics_port = free_port(), free_port()
+    site, room, device = names
+    config = folder / "site.toml"
+    config.write_text(
+        f"""[model]
+threads = {threads}
+[dicom]
+ae_title = "EDGEQC"
+bind = "127.0.0.1"
+port = {port}
+allowed_calling_aets = {json.dumps(list(calling_aets))}
+[mqtt]
+port = {broker_port}
+site = "{site}"
+room = "{room}"
+device = "{device}"
+[service]
+spool_dir = "spool"
+outbox_path = "outbox.sqlite"
+[metrics]
+port = {metrics_port}
+"""
+    )
+    return config, port
+
+
+def send(
+    port: int, *files: Path, calling: str = "MODALITY", called: str = "EDGEQC"
+) -> subprocess.CompletedProcess[str]:
+    """C-STORE `files` in one association with DCMTK's storescu; the finished process (not checked)."""
+    command = [str(storescu_binary()), "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def store(port: int, *files: Path, calling: str = "MODALITY", called: str = "EDGEQC") -> None:
+    """C-STORE `files`; raises with storescu's output unless every store succeeded."""
+    done = send(port, *files, calling=calling, called=called)
+    if done.returncode != 0:
+        raise RuntimeError(f"storescu exited {done.returncode}: {done.stdout}{done.stderr}")
+
+
+def endpoint(port: int, path: str) -> tuple[int, str]:
+    """GET one of a daemon's HTTP endpoints on loopback: status and body (0 while nothing listens)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return int(response.status), response.read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode().strip()
+    except OSError:
+        return 0, ""
+
+
+def metrics_port(config: Path) -> int:
+    from edge.config import load_config
+
+    return load_config(config).metrics.port
+
+
+class Daemon:
+    """`edge-qc serve --config CONFIG` in a child process; `start` returns once /readyz answers 200 (model
+    warm, spool writable, broker connected). Its output is kept in `lines` (and in `log` when given)."""
+
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None, log: Path | None = None) -> None:
+        self.config = config
+        self.port = metrics_port(config)
+        self.lines: list[str] = []
+        self._log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, name="daemon-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        sink = self._log.open("a") if self._log is not None else None
+        try:
+            for line in self.process.stdout:
+                self.lines.append(line)
+                if sink is not None:
+                    sink.write(line)
+                    sink.flush()
+        finally:
+            if sink is not None:
+                sink.close()
+
+    @classmethod
+    def start(
+        cls, config: Path, env: Mapping[str, str] | None = None, log: Path | None = None, timeout: float = 120
+    ) -> Daemon:
+        daemon = cls(config, env, log)
+        if not wait_for(lambda: daemon.process.poll() is not None or daemon.endpoint("/readyz")[0] == 200, timeout):
+            daemon.process.kill()
+            raise RuntimeError("the daemon did not become ready:\n" + "".join(daemon.lines))
+        if daemon.process.poll() is not None:
+            raise RuntimeError("the daemon exited:\n" + "".join(daemon.lines))
+        return daemon
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def endpoint(self, path: str) -> tuple[int, str]:
+        return endpoint(self.port, path)
+
+    def scrape(self) -> str:
+        status, text = self.endpoint("/metrics")
+        if status != 200:
+            raise RuntimeError(f"/metrics answered {status}: {text}")
+        return text
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM: the daemon drains (judges what it received, hands verdicts to the broker); its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=5)
