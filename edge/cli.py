@@ -97,12 +97,10 @@ def validate_engine(args: argparse.Namespace, manifest: ModelManifest) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         engine_path = manifest.model_path
         if args.precision == "fp16":
-            import onnx
-
-            from edge.engines.precision import to_mixed_precision
+            from edge.engines.precision import write_mixed_precision
 
             engine_path = Path(tmp) / "model-fp16.onnx"
-            onnx.save(to_mixed_precision(onnx.load(str(manifest.model_path))), str(engine_path))
+            write_mixed_precision(manifest.model_path, engine_path)
         engine = OnnxRuntimeBackend(engine_path)
         engine.name = f"onnxruntime-{args.precision}"
         try:

@@ -27,7 +27,7 @@ from edge.qc.judge import ItemResult, judge
 from edge.qc.measure import Context, Measurement, Spine, anatomy_mask, measure_all
 from edge.qc.segmentation import Segmentation, field_box
 from edge.qc.standard import Standard, site_standard
-from edge.qc.structures import VIEW_CLASSES, View
+from edge.qc.structures import VIEW_CLASSES, View, view_of_class
 from edge.qc.verdict import Verdict, ViewInfo
 
 # The model's view head decides the view when at least this sure; below it, the DICOM tags do.
@@ -293,7 +293,7 @@ class Pipeline:
         probabilities = seg.view_probabilities
         model_class = VIEW_CLASSES[int(np.argmax(probabilities))]
         confidence = float(np.max(probabilities))
-        model_view: View = "oblique" if model_class.startswith("oblique") else model_class  # type: ignore[assignment]
+        model_view = view_of_class(model_class)
         judged: View | None = model_view if confidence >= VIEW_CONFIDENCE else tag_view
         agree = None if tag_view is None else tag_view == model_view
         side = None

@@ -21,6 +21,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
+from edge.imaging.preprocess import area_average
+
 F32 = NDArray[np.float32]
 Bool = NDArray[np.bool_]
 
@@ -61,14 +63,12 @@ class Radiograph:
     pixel_spacing_mm: tuple[float, float] | None  # (row, column) spacing of `pixels`; None when unknown
     spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing/magnification", "ImagerPixelSpacing", "unknown"
     clipped: Bool  # pixels at either end of the detector's stored range (saturated or starved)
-    padding: Bool  # pixels the modality marked as padding (not part of the image)
     view_position: str  # (0018,5101), e.g. "AP", "PA", "LATERAL", "LPO"
     view_code: str  # meaning of the View Code Sequence, "" when absent
     patient_orientation: tuple[str, str]  # (0020,0020): direction of the rows and of the columns
     modality: str
     body_part: str  # (0018,0015) Body Part Examined, upper case; "" when absent
     photometric: str
-    bits_stored: int
     exposure: ExposureTags
     transfer_syntax: str
     sop_instance_uid: str
@@ -242,18 +242,16 @@ def _clipped(ds: Dataset, stored: NDArray[np.integer]) -> Bool:
 
 
 def _square(image: F32, spacing_mm: tuple[float, float]) -> tuple[F32, tuple[float, float]]:
-    """Resample non-square pixels onto the finer of the two spacings (linear), so that angles and
-    distances measured on the network's masks are true."""
+    """Resample non-square pixels onto the finer of the two spacings (the preprocessing's own area
+    resampling), so that angles and distances measured on the network's masks are true."""
     row_mm, col_mm = spacing_mm
     target = min(row_mm, col_mm)
     rows, cols = image.shape
     new_rows, new_cols = round(rows * row_mm / target), round(cols * col_mm / target)
     if new_rows != rows:
-        src = (np.arange(new_rows) + 0.5) * rows / new_rows - 0.5
-        image = np.stack([np.interp(src, np.arange(rows), image[:, c]) for c in range(cols)], axis=1)
+        image = area_average(image, new_rows, axis=0)
     if new_cols != cols:
-        src = (np.arange(new_cols) + 0.5) * cols / new_cols - 0.5
-        image = np.stack([np.interp(src, np.arange(cols), image[r]) for r in range(image.shape[0])])
+        image = area_average(image, new_cols, axis=1)
     return image.astype(np.float32), (target, target)
 
 
@@ -276,12 +274,11 @@ def decode(ds: Dataset) -> Radiograph:
     stored = _stored_pixels(ds)
     pixels = display_pixels(ds, stored)
     clipped = _clipped(ds, stored)
-    padding = _padding(ds, stored)
     pixel_spacing, source = spacing(ds)
     resampled = False
     if pixel_spacing is not None and abs(pixel_spacing[0] / pixel_spacing[1] - 1.0) > 0.01:
         pixels, pixel_spacing = _square(pixels, pixel_spacing)
-        clipped, padding = _resize_mask(clipped, pixels.shape), _resize_mask(padding, pixels.shape)
+        clipped = _resize_mask(clipped, pixels.shape)
         resampled = True
     orientation = ds.get("PatientOrientation") or ["", ""]
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")
@@ -290,14 +287,12 @@ def decode(ds: Dataset) -> Radiograph:
         pixel_spacing_mm=pixel_spacing,
         spacing_source=source,
         clipped=clipped,
-        padding=padding,
         view_position=str(ds.get("ViewPosition", "")).upper(),
         view_code=_view_code(ds),
         patient_orientation=(str(orientation[0]), str(orientation[1])) if len(orientation) == 2 else ("", ""),
         modality=str(ds.get("Modality", "")),
         body_part=str(ds.get("BodyPartExamined", "")).upper().strip(),
         photometric=str(ds.get("PhotometricInterpretation", "")),
-        bits_stored=int(ds.get("BitsStored", 16)),
         exposure=ExposureTags(
             exposure_index=_number(ds, "ExposureIndex"),
             target_exposure_index=_number(ds, "TargetExposureIndex"),

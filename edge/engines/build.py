@@ -52,13 +52,11 @@ def prepare_onnx(manifest: ModelManifest, precision: str, out_dir: Path) -> Path
         raise BuildError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return manifest.model_path
-    import onnx
-
-    from edge.engines.precision import to_mixed_precision
+    from edge.engines.precision import write_mixed_precision
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{manifest.name}-{manifest.version}-fp16.onnx"
-    onnx.save(to_mixed_precision(onnx.load(str(manifest.model_path))), str(path))
+    write_mixed_precision(manifest.model_path, path)
     return path
 
 

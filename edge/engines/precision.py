@@ -7,6 +7,7 @@ model runs on ONNX Runtime, so the cost of FP16 is measured before any device se
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -55,3 +56,10 @@ def _float32_outputs(model: Any) -> Any:
         if output.type.tensor_type.elem_type == TensorProto.FLOAT16:
             output.type.tensor_type.elem_type = TensorProto.FLOAT
     return model
+
+
+def write_mixed_precision(source: Path, target: Path) -> None:
+    """Convert the ONNX model at `source` (FP32) to mixed precision and save it as `target`."""
+    import onnx
+
+    onnx.save(to_mixed_precision(onnx.load(str(source))), str(target))

@@ -27,7 +27,7 @@ from edge.qc.judge import judge, overall
 from edge.qc.measure import Context, measure_all
 from edge.qc.segmentation import THRESHOLD, Segmentation
 from edge.qc.standard import Standard
-from edge.qc.structures import STRUCTURES, VIEW_CLASSES, View
+from edge.qc.structures import STRUCTURES, VIEW_CLASSES, view_of_class
 
 MIN_DICE_AGREEMENT: Final = 0.98
 # Against the phantom truth, mean over structures and images: 0.1.0 and 0.2.0 reach 0.86 on these
@@ -78,7 +78,7 @@ def _outcomes(outputs: ModelOutputs, standard: Standard) -> dict[str, str]:
     size = outputs.masks.shape[-1]
     seg = Segmentation(outputs.masks, outputs.view, make_transform(size, size, size), NOMINAL_MM_PER_PX)
     view_class = VIEW_CLASSES[int(np.argmax(outputs.view))]
-    view: View = "oblique" if view_class.startswith("oblique") else view_class  # type: ignore[assignment]
+    view = view_of_class(view_class)
     side = view_class.split("_")[1] if "_" in view_class else ""
     ctx = Context(view, side, NOMINAL_EXPOSURE, 0.0, None)
     measurements, reason = measure_all(seg, standard, ctx)

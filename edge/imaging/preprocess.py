@@ -86,7 +86,7 @@ def _area_weights(n_in: int, n_out: int) -> F32:
     return weights
 
 
-def _area_average(image: F32, n_out: int, axis: int) -> F32:
+def area_average(image: F32, n_out: int, axis: int) -> F32:
     """The average of `_area_weights` along `axis` without the dense product: sums over whole pixels
     (one reduceat pass) plus and minus the fractional pixels at the span ends. Exact to float
     rounding, single-threaded, and as fast as a two-thread BLAS product on a 2,500 px image, so
@@ -113,9 +113,9 @@ def _area_average(image: F32, n_out: int, axis: int) -> F32:
 def resample(image: NDArray[np.generic], transform: Transform) -> F32:
     """Area-resample an image-space array (pixels or a mask) into the padded network square."""
     valid_rows, valid_cols = transform.valid
-    columns = _area_average(np.asarray(image, dtype=np.float32), transform.out_cols, axis=1)  # the fast axis first
+    columns = area_average(np.asarray(image, dtype=np.float32), transform.out_cols, axis=1)  # the fast axis first
     out = np.zeros((transform.size, transform.size), dtype=np.float32)
-    out[valid_rows, valid_cols] = _area_average(columns, transform.out_rows, axis=0)
+    out[valid_rows, valid_cols] = area_average(columns, transform.out_rows, axis=0)
     return out
 
 

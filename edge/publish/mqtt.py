@@ -52,7 +52,6 @@ class Publisher:
         self.on_failure = on_failure
         self.connected = threading.Event()
         self.published = 0
-        self.failures = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._birth = dict(settings.birth)
@@ -122,7 +121,6 @@ class Publisher:
                 if self.on_published is not None:
                     self.on_published(message, time.monotonic() - started)
             else:  # stays in the outbox, in front: tried again once the broker is back
-                self.failures += 1
                 if self.on_failure is not None:
                     self.on_failure()
                 time.sleep(0.2)

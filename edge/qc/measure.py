@@ -65,13 +65,6 @@ class Measurement:
 
 
 @dataclass(frozen=True)
-class ExposureSettings:
-    """Site settings for the exposure item: target exposure index per view (None: use the tags)."""
-
-    target_exposure_index: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Context:
     """What a measurement may use besides the masks."""
 

@@ -42,13 +42,6 @@ STRUCTURE_VIEWS: Final[dict[str, frozenset[View]]] = {name: frozenset(VIEWS) for
 }
 
 
-def body(level: str) -> str:
-    """Channel name of the vertebral body at `level` (e.g. "L3")."""
-    if level not in VERTEBRAL_LEVELS:
-        raise ValueError(f"unknown vertebral level {level!r}; expected one of {VERTEBRAL_LEVELS}")
-    return f"body_{level}"
-
-
 # The anatomy each view must show: the centring and collimation items measure its bounding box.
 REQUIRED_STRUCTURES: Final[dict[View, tuple[str, ...]]] = {
     "ap": (*(f"body_{lv}" for lv in VERTEBRAL_LEVELS), "transverse_process", "si_joint_left", "si_joint_right"),
@@ -58,3 +51,10 @@ REQUIRED_STRUCTURES: Final[dict[View, tuple[str, ...]]] = {
 
 # The model's view head: the view as seen, with the side an oblique demonstrates.
 VIEW_CLASSES: Final[tuple[str, ...]] = ("ap", "lateral", "oblique_left", "oblique_right")
+
+
+def view_of_class(view_class: str) -> View:
+    """The standard's view for one of the view head's classes (an oblique of either side is "oblique")."""
+    if view_class not in VIEW_CLASSES:
+        raise ValueError(f"unknown view class {view_class!r}; expected one of {VIEW_CLASSES}")
+    return "oblique" if view_class.startswith("oblique") else view_class  # type: ignore[return-value]

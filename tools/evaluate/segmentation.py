@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from numpy.typing import NDArray
 
-from edge.engines.precision import to_mixed_precision
-from edge.qc.structures import STRUCTURES, VERTEBRAL_LEVELS, VIEW_CLASSES
+from edge.engines.precision import write_mixed_precision
+from edge.qc.structures import STRUCTURES, VERTEBRAL_LEVELS, VIEW_CLASSES, view_of_class
 from tools.export.export import ort_session
 from tools.train.data import Samples, build_samples
 from tools.train.metrics import dice_scores
 
 BODY_CHANNELS = [STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS]
-VIEW_OF_CLASS = {"ap": "ap", "lateral": "lateral", "oblique_left": "oblique", "oblique_right": "oblique"}
 
 
 @dataclass
@@ -43,7 +41,7 @@ def run_model(model_path: Path, samples: Samples) -> Scores:
 
 
 def summarise(scores: Scores, samples: Samples) -> dict[str, Any]:
-    view_of = np.array([VIEW_OF_CLASS[VIEW_CLASSES[v]] for v in samples.views])
+    view_of = np.array([view_of_class(VIEW_CLASSES[v]) for v in samples.views])
     per_image = np.nanmean(scores.dice, axis=1)
     bodies = scores.dice[:, BODY_CHANNELS]
     out: dict[str, Any] = {"images": len(samples), "views": {}, "structures": {}}
@@ -123,7 +121,7 @@ def evaluate_model(
     if fp16:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model_fp16.onnx"
-            onnx.save(to_mixed_precision(onnx.load(str(model_dir / manifest["file"]))), str(path))
+            write_mixed_precision(model_dir / manifest["file"], path)
             result["fp16"] = summarise(run_model(path, samples), samples)
         result["fp16_minus_fp32_dice"] = {
             view: result["fp16"]["views"][view]["dice_mean"] - result["fp32"]["views"][view]["dice_mean"]
