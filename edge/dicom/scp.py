@@ -11,6 +11,7 @@ answers "out of resources" at once. DICOM TLS (optionally mutual) when a certifi
 from __future__ import annotations
 
 import logging
+import socketserver
 import ssl
 import threading
 import time
@@ -34,6 +35,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
@@ -101,6 +103,12 @@ class _FilteringServer(ThreadedAssociationServer):
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
+    def shutdown(self) -> None:
+        """Stop serving and close the socket. (pynetdicom's own shutdown also removes the server from
+        its AE's private server list, which this server, made with `AE.make_server`, is not on.)"""
+        socketserver.TCPServer.shutdown(self)
+        self.server_close()
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = str(client_address[0])
         if self.refuse_all:
@@ -138,19 +146,19 @@ class StorageScp:
         self._tls = server_tls(settings)
         self._server: ThreadedAssociationServer | None = None
 
-    def _on_pdu(self, event: Any) -> None:
+    def _on_pdu(self, event: Event) -> None:
         """Note when the first P-DATA PDU of a message arrives: the start of receiving it."""
         if isinstance(event.pdu, P_DATA_TF):
             self._first_pdu.setdefault(id(event.assoc), (time.perf_counter(), time.time_ns()))
 
-    def _message_began(self, event: Any) -> tuple[float, int]:
+    def _message_began(self, event: Event) -> tuple[float, int]:
         return self._first_pdu.pop(id(event.assoc), None) or (time.perf_counter(), time.time_ns())
 
-    def _on_echo(self, event: Any) -> int:
+    def _on_echo(self, event: Event) -> int:
         self._message_began(event)
         return SUCCESS
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Event) -> int:
         """Hand the dataset on first, then make it durable: judging starts while the fsync runs, and
         "success" goes back only once the entry is on disk."""
         began, began_ns = self._message_began(event)
@@ -194,7 +202,6 @@ class StorageScp:
             daemon=True,
         )
         thread.start()
-        self._ae._servers.append(server)
         self._server = server
 
     @property
@@ -208,4 +215,8 @@ class StorageScp:
         return int(self._server.server_address[1])
 
     def stop(self) -> None:
-        self._ae.shutdown()
+        """Abort the associations under way (their senders get no "success", so they resend) and close."""
+        for association in self._ae.active_associations:
+            association.abort()
+        if self._server is not None:
+            self._server.shutdown()
