@@ -33,7 +33,19 @@ if sys.version_info >= (3, 11):
 else:  # JetPack 6 (Ubuntu 22.04) ships Python 3.10
     import tomli as tomllib
 
-DEFAULT_MODEL: Final = Path(__file__).resolve().parent.parent / "engines" / "lumbar-resunet" / "0.2.0"
+# Where the appliance's engine store keeps the active version (Ansible's edge_qc_engines_dir/current).
+APPLIANCE_MODEL: Final = Path("/var/lib/edge-qc/engines/lumbar-resunet/current")
+# A source checkout's shipped default model version; an installed wheel holds no models.
+CHECKOUT_MODEL: Final = Path(__file__).resolve().parent.parent / "engines" / "lumbar-resunet" / "0.2.0"
+
+
+def _default_model() -> Path:
+    """The checkout's default model when running from a checkout (development, CI, the demo), else the
+    engine store's active version, which is what an installed appliance runs."""
+    return CHECKOUT_MODEL if CHECKOUT_MODEL.is_dir() else APPLIANCE_MODEL
+
+
+DEFAULT_MODEL: Final = _default_model()
 BACKENDS: Final = ("onnxruntime", "tensorrt")
 
 

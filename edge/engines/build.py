@@ -1,6 +1,6 @@
 """Build a TensorRT engine on the device it will run on: `edge-qc engine build MODEL_DIR`.
 
-The recipe works on TensorRT 10.x and 11.x alike (../shared/reference/tensorrt-jetson.md):
+The recipe works on TensorRT 10.x and 11.x alike (docs/tensorrt-jetson.md):
 - the ONNX model is converted to mixed precision first (FP16 body; FP32 inputs, outputs, final
   convolution and sigmoid: `edge.engines.precision`), then built as a strongly typed network, so no
   builder precision flag is needed (TensorRT 11 removed them);

@@ -1,7 +1,7 @@
 """TensorRT 10/11 backend with pycuda: the Jetson's engine, isolated here and imported only when asked for.
 
 Written against the documented TensorRT 10 Python API (name-based I/O tensors, `execute_async_v3`)
-and pycuda (see ../shared/reference/tensorrt-jetson.md):
+and pycuda (see docs/tensorrt-jetson.md):
 - the engine's recorded device is compared with this device before deserialising, and a mismatch is
   refused with a message naming what differs (a "Version tag does not match" never reaches the field);
 - a None from deserialisation, or a False from `execute_async_v3`, is an error, never a silent zero;

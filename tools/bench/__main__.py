@@ -21,7 +21,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-# Dense FP16 peaks of the Jetson modules (../shared/reference/tensorrt-jetson.md, approximate), by
+# Dense FP16 peaks of the Jetson modules (docs/tensorrt-jetson.md, approximate), by
 # a substring of /proc/device-tree/model; elsewhere the peak is unknown and no fraction is printed.
 PEAK_FP16_FLOPS = {"AGX Orin": 42e12, "Orin NX": 15e12, "Orin Nano": 10e12}
 

@@ -1,6 +1,6 @@
 """A parametric 3D lumbar spine, pelvis and trunk, randomised per patient.
 
-Numbers come from ../shared/reference/phantom-anatomy.md; each is sampled around its mean so that no
+Numbers come from docs/phantom-anatomy.md; each is sampled around its mean so that no
 two patients share a skeleton. Everything is built in the patient frame (x left, y posterior,
 z superior, millimetres) with the S1 upper endplate centre at the origin. Alongside the solids the
 builder records named 3D landmarks (pedicle centres, endplate rims, facet joint planes...) from which

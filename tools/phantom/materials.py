@@ -1,6 +1,6 @@
 """Effective linear attenuation coefficients (1/mm) for an 80 kVp beam behind ~20 cm of tissue.
 
-From ../shared/reference/phantom-anatomy.md (ICRU 44 compositions, checked against NIST tables). One
+From docs/phantom-anatomy.md (ICRU 44 compositions, checked against NIST tables). One
 effective energy is a fair compromise for a lumbar DRR; the beam hardening it ignores is small next
 to the variation between patients.
 """

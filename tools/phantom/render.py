@@ -1,6 +1,6 @@
 """From anatomy and acquisition to detector pixels: projection, field, scatter, dose, noise, processing.
 
-The physics follows ../shared/reference/phantom-anatomy.md: Beer-Lambert line integrals under a
+The physics follows docs/phantom-anatomy.md: Beer-Lambert line integrals under a
 divergent beam, inverse square and heel effect, scatter as a heavy blur of the primary scaled to the
 view's scatter-to-primary ratio, Poisson quanta at a dose set from the Deviation Index, detector blur,
 saturation, then a For Presentation log image with range compression and edge enhancement as a
