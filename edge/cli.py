@@ -132,7 +132,7 @@ def build_engine(args: argparse.Namespace, manifest: ModelManifest) -> int:
     import os
 
     from edge.engines.build import BuildError, build_engine
-    from edge.engines.device import read_fingerprint
+    from edge.inference.device import read_fingerprint
 
     os.nice(10)
     out = args.out or manifest.folder / "engines"

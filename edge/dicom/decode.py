@@ -10,7 +10,6 @@ the appliance sits on a modality's network and will be sent whatever the modalit
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -22,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from edge.imaging.preprocess import area_average
+from edge.imaging.radiograph import ExposureTags, Radiograph
 
 F32 = NDArray[np.float32]
 Bool = NDArray[np.bool_]
@@ -35,6 +35,69 @@ MAX_ASPECT: Final = 4.0
 SPACING_RANGE_MM: Final = (0.02, 2.0)
 
 
+_TAG_VIEWS: Final[dict[str, str]] = {
+    "AP": "ap",
+    "PA": "ap",
+    "LL": "lateral",
+    "RL": "lateral",
+    "LAT": "lateral",
+    "LATERAL": "lateral",
+    "LPO": "oblique",
+    "RPO": "oblique",
+    "LAO": "oblique",
+    "RAO": "oblique",
+    "OBL": "oblique",
+    "OBLIQUE": "oblique",
+}
+# Body Part Examined values under which a lumbar spine may be filed (DICOM CID 4031 terms and the
+# free text modalities write); anything else explicitly named is another examination.
+LUMBAR_BODY_PARTS: Final = frozenset(
+    {
+        "",
+        "LSPINE",
+        "L SPINE",
+        "L-SPINE",
+        "LUMBAR",
+        "LUMBARSPINE",
+        "LUMBAR SPINE",
+        "SPINE",
+        "TLSPINE",
+        "LSSPINE",
+        "SSPINE",
+        "SACRUM",
+        "ABDOMEN",
+        "PELVIS",
+        "BACK",
+        "TSPINE LSPINE",
+    }
+)
+_TAG_SIDES: Final = {"LPO": "left", "RAO": "left", "RPO": "right", "LAO": "right"}
+
+
+def faces_left(patient_orientation: tuple[str, str]) -> bool:
+    """A lateral shown with the patient's front on the image's left (Patient Orientation's row
+    direction "P"): the model reads it mirrored to the orientation it knows best (front on the right)
+    and its masks are mirrored back, so measurements see the image as it is."""
+    return patient_orientation[0].upper().startswith("P")
+
+
+def view_from_tags(view_position: str, view_code: str) -> tuple[str | None, str | None]:
+    """The view (and oblique side) the modality recorded: View Position, else the view code's meaning."""
+    position = view_position.replace(" ", "")
+    if position in _TAG_VIEWS:
+        return _TAG_VIEWS[position], _TAG_SIDES.get(position)
+    meaning = view_code.lower()
+    if "oblique" in meaning:
+        side = "left" if "left posterior" in meaning or "right anterior" in meaning else None
+        side = "right" if "right posterior" in meaning or "left anterior" in meaning else side
+        return "oblique", side
+    if "lateral" in meaning:
+        return "lateral", None
+    if "antero-posterior" in meaning or "postero-anterior" in meaning:
+        return "ap", None
+    return None, None
+
+
 class Rejection(Exception):  # noqa: N818 - an outcome the appliance reports, not a fault
     """An input the appliance will not judge. `reason` is a stable code (a metric label), the message
     is for people."""
@@ -46,38 +109,6 @@ class Rejection(Exception):  # noqa: N818 - an outcome the appliance reports, no
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
-
-
-@dataclass(frozen=True)
-class ExposureTags:
-    """IEC 62494-1 exposure indices as the modality recorded them (None when absent)."""
-
-    exposure_index: float | None
-    target_exposure_index: float | None
-    deviation_index: float | None
-
-
-@dataclass(frozen=True)
-class Radiograph:
-    pixels: F32  # display values in [0, 1], 1 = white (bone on a radiograph); square pixels
-    pixel_spacing_mm: tuple[float, float] | None  # (row, column) spacing of `pixels`; None when unknown
-    spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing/magnification", "ImagerPixelSpacing", "unknown"
-    clipped: Bool  # pixels at either end of the detector's stored range (saturated or starved)
-    view_position: str  # (0018,5101), e.g. "AP", "PA", "LATERAL", "LPO"
-    view_code: str  # meaning of the View Code Sequence, "" when absent
-    patient_orientation: tuple[str, str]  # (0020,0020): direction of the rows and of the columns
-    modality: str
-    body_part: str  # (0018,0015) Body Part Examined, upper case; "" when absent
-    photometric: str
-    exposure: ExposureTags
-    transfer_syntax: str
-    sop_instance_uid: str
-    resampled_to_square: bool  # non-square pixels were resampled before anything else
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        rows, cols = self.pixels.shape
-        return rows, cols
 
 
 def read_dataset(source: bytes | Path | str) -> Dataset:
@@ -281,17 +312,23 @@ def decode(ds: Dataset) -> Radiograph:
         clipped = _resize_mask(clipped, pixels.shape)
         resampled = True
     orientation = ds.get("PatientOrientation") or ["", ""]
+    orientation = (str(orientation[0]), str(orientation[1])) if len(orientation) == 2 else ("", "")
+    view_position = str(ds.get("ViewPosition", "")).upper()
+    tag_view, tag_side = view_from_tags(view_position, _view_code(ds))
+    body_part = str(ds.get("BodyPartExamined", "")).upper().strip()
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")
     return Radiograph(
         pixels=pixels,
         pixel_spacing_mm=pixel_spacing,
         spacing_source=source,
         clipped=clipped,
-        view_position=str(ds.get("ViewPosition", "")).upper(),
-        view_code=_view_code(ds),
-        patient_orientation=(str(orientation[0]), str(orientation[1])) if len(orientation) == 2 else ("", ""),
+        view_position=view_position,
+        view_from_tags=tag_view,
+        oblique_side_from_tags=tag_side,
+        faces_left=faces_left(orientation),
         modality=str(ds.get("Modality", "")),
-        body_part=str(ds.get("BodyPartExamined", "")).upper().strip(),
+        body_part=body_part,
+        lumbar_examination=body_part in LUMBAR_BODY_PARTS,
         photometric=str(ds.get("PhotometricInterpretation", "")),
         exposure=ExposureTags(
             exposure_index=_number(ds, "ExposureIndex"),

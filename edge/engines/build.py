@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from edge.engines.device import DeviceFingerprint
 from edge.engines.manifest import ModelManifest
 from edge.engines.store import sha256_of
+from edge.inference.device import DeviceFingerprint
 
 PRECISIONS: Final = ("fp16", "fp32")
 DEFAULT_WORKSPACE_MIB: Final = 1024

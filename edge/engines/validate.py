@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
+from numpy.typing import NDArray
 
-from edge.dicom.decode import ExposureTags
 from edge.engines.manifest import ModelManifest
 from edge.imaging.preprocess import make_transform
+from edge.imaging.radiograph import ExposureTags, Radiograph
 from edge.inference.backend import Backend, ModelOutputs
-from edge.qc.judge import judge, overall
-from edge.qc.measure import Context, measure_all
-from edge.qc.segmentation import THRESHOLD, Segmentation
+from edge.qc.assess import assess
+from edge.qc.segmentation import THRESHOLD
 from edge.qc.standard import Standard
-from edge.qc.structures import STRUCTURES, VIEW_CLASSES, view_of_class
+from edge.qc.structures import STRUCTURES
 
 MIN_DICE_AGREEMENT: Final = 0.98
 # Against the phantom truth, mean over structures and images: 0.1.0 and 0.2.0 reach 0.86 on these
@@ -73,19 +73,45 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def _outcomes(outputs: ModelOutputs, standard: Standard) -> dict[str, str]:
-    """Every QC item's outcome for one network output, judged as the pipeline would."""
+def nominal_radiograph(image: NDArray[np.float32]) -> Radiograph:
+    """A validation input as a radiograph: the network square itself, at the nominal spacing and
+    exposure, no tags (the model decides the view), nothing clipped."""
+    pixels = np.asarray(image, dtype=np.float32).reshape(image.shape[-2:])
+    return Radiograph(
+        pixels=pixels,
+        pixel_spacing_mm=(NOMINAL_MM_PER_PX, NOMINAL_MM_PER_PX),
+        spacing_source="PixelSpacing",
+        clipped=np.zeros(pixels.shape, dtype=bool),
+        view_position="",
+        view_from_tags=None,
+        oblique_side_from_tags=None,
+        faces_left=False,
+        modality="DX",
+        body_part="",
+        lumbar_examination=True,
+        photometric="MONOCHROME2",
+        exposure=NOMINAL_EXPOSURE,
+        transfer_syntax="",
+        sop_instance_uid="",
+        resampled_to_square=False,
+    )
+
+
+def _outcomes(image: NDArray[np.float32], outputs: ModelOutputs, standard: Standard) -> dict[str, str]:
+    """Every QC item's outcome for one network output, judged by the pipeline's own assessment step."""
     size = outputs.masks.shape[-1]
-    seg = Segmentation(outputs.masks, outputs.view, make_transform(size, size, size), NOMINAL_MM_PER_PX)
-    view_class = VIEW_CLASSES[int(np.argmax(outputs.view))]
-    view = view_of_class(view_class)
-    side = view_class.split("_")[1] if "_" in view_class else ""
-    ctx = Context(view, side, NOMINAL_EXPOSURE, 0.0, None)
-    measurements, reason = measure_all(seg, standard, ctx)
-    if reason:
-        return {"(image)": f"indeterminate: {reason}"}
-    results = judge(measurements, standard, view)
-    return {"(image)": overall(results), **{name: r.outcome for name, r in results.items()}}
+    verdict = assess(
+        nominal_radiograph(image),
+        outputs.masks,
+        outputs.view,
+        make_transform(size, size, size),
+        standard,
+        target_exposure_index={},
+        versions={},
+    ).verdict
+    if not verdict.items:
+        return {"(image)": f"{verdict.verdict}: {verdict.reason}"}
+    return {"(image)": verdict.verdict, **{name: r.outcome for name, r in verdict.items.items()}}
 
 
 def validation_inputs(manifest: ModelManifest) -> list[Path]:
@@ -121,7 +147,7 @@ def validate(manifest: ModelManifest, engine: Backend, reference: Backend, stand
                 truth_dice[name].append(t)
         same_view += int(np.argmax(got.view) == np.argmax(want.view))
         true_view += int(np.argmax(got.view) == truth_view)
-        got_outcomes, want_outcomes = _outcomes(got, standard), _outcomes(want, standard)
+        got_outcomes, want_outcomes = _outcomes(image, got, standard), _outcomes(image, want, standard)
         if got_outcomes == want_outcomes:
             same_verdict += 1
         else:

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.engines.device import incompatibilities, read_fingerprint
 from edge.inference.backend import F32, BackendUnavailableError, ModelOutputs
+from edge.inference.device import incompatibilities, read_fingerprint
 
 
 def engine_manifest(engine_path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.dicom.decode import ExposureTags
+from edge.imaging.radiograph import ExposureTags
 from edge.qc.contours import edge_profile, spread_mm
 from edge.qc.segmentation import THRESHOLD, Box, Segmentation, field_box, fine_box, fine_points
 from edge.qc.standard import ItemRule, Standard

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from edge.dicom.decode import Radiograph
+from edge.imaging.radiograph import Radiograph
 from edge.qc.measure import Spine
 from edge.qc.segmentation import THRESHOLD, Segmentation, field_box
 from edge.qc.structures import STRUCTURES

@@ -121,6 +121,10 @@ class Verdict:
         image = {"sop_instance_uid": ""}
         return cls("rejected", reason, code, None, {}, tuple(notes), image, versions, timings_ms or {}, degraded)
 
+    def with_timings(self, timings_ms: Mapping[str, float]) -> Verdict:
+        """A copy with the stage timings of the whole pipeline (the verdict is made before they end)."""
+        return dataclasses.replace(self, timings_ms=timings_ms)
+
     def with_note(self, note: str) -> Verdict:
         """A copy with one more note (the verdict itself never changes)."""
         return dataclasses.replace(self, notes=(*self.notes, note))

@@ -13,9 +13,9 @@ import onnx
 import pytest
 
 from edge.engines.build import BuildError, engine_name, prepare_onnx, timing_cache_path
-from edge.engines.device import DeviceFingerprint, read_fingerprint
 from edge.engines.manifest import load_manifest
 from edge.engines.precision import output_layers
+from edge.inference.device import DeviceFingerprint, read_fingerprint
 
 MODEL = Path(__file__).resolve().parents[2] / "engines" / "lumbar-resunet" / "0.2.0"
 ORIN = DeviceFingerprint("10.3.0", "12.6", "8.7", "NVIDIA Jetson AGX Orin Developer Kit", "36.4.3")

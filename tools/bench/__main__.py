@@ -28,9 +28,9 @@ PEAK_FP16_FLOPS = {"AGX Orin": 42e12, "Orin NX": 15e12, "Orin Nano": 10e12}
 
 def bench_infer(model_dir: Path, backend: str, runs: int, threads: int, engine: Path | None) -> int:
     """Latency of the model alone through the appliance's own backend interface."""
-    from edge.engines.device import read_fingerprint
     from edge.engines.manifest import ManifestError, load_manifest
     from edge.inference.backend import BackendUnavailableError, open_backend
+    from edge.inference.device import read_fingerprint
     from tools.train.data import make_sample
 
     try:

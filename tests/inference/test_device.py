@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.engines.device import DeviceFingerprint, incompatibilities, parse_l4t, read_fingerprint
+from edge.inference.device import DeviceFingerprint, incompatibilities, parse_l4t, read_fingerprint
 
 ORIN = DeviceFingerprint("10.3.0", "12.6", "8.7", "NVIDIA Jetson AGX Orin Developer Kit", "36.4.3")
 

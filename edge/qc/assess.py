@@ -1,0 +1,180 @@
+"""The pure tail of judging one image: segmentation -> view -> spacing -> measure -> judge -> Verdict.
+
+No I/O and no model: the daemon's pipeline calls it after inference, and `edge-qc engine validate`
+calls it on an engine's outputs, so what is validated is what judges patients' images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.imaging.preprocess import Transform
+from edge.imaging.radiograph import Radiograph
+from edge.qc.judge import judge
+from edge.qc.measure import Context, Measurement, Spine, anatomy_mask, measure_all
+from edge.qc.segmentation import Segmentation, field_box
+from edge.qc.standard import Standard
+from edge.qc.structures import VIEW_CLASSES, View, view_of_class
+from edge.qc.verdict import Verdict, ViewInfo
+
+# The model's view head decides the view when at least this sure; below it, the DICOM tags do.
+VIEW_CONFIDENCE: Final = 0.8
+# Without any pixel spacing, millimetres come from the anatomy: adult lumbar vertebrae repeat every
+# ~35 mm (body 25-28 mm plus disc 8-11 mm), to within about 15 %.
+LUMBAR_SEGMENT_MM: Final = 35.0
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A verdict and what made it (for overlays and evaluation); `timings_ms` covers measure and judge."""
+
+    verdict: Verdict
+    segmentation: Segmentation
+    measurements: Mapping[str, Measurement] | None
+    timings_ms: Mapping[str, float]
+
+
+def clipped_fraction(radiograph: Radiograph, transform: Transform, anatomy: NDArray[np.bool_]) -> float | None:
+    """Share of the anatomy's image pixels at the detector's limits. The network-grid anatomy mask is
+    mapped onto the image inside its bounding box only (nearest neighbour), so a 2,500-pixel image
+    costs a few milliseconds."""
+    if not anatomy.any():
+        return None
+    if not radiograph.clipped.any():
+        return 0.0
+    rows, cols = np.flatnonzero(anatomy.any(axis=1)), np.flatnonzero(anatomy.any(axis=0))
+    corners = transform.to_image(np.array([[cols[0] - 0.5, rows[0] - 0.5], [cols[-1] + 0.5, rows[-1] + 0.5]]))
+    c0, r0 = (max(int(np.floor(v)), 0) for v in corners[0])
+    c1 = min(int(np.ceil(corners[1][0])), radiograph.shape[1] - 1)
+    r1 = min(int(np.ceil(corners[1][1])), radiograph.shape[0] - 1)
+    img_cols, img_rows = np.arange(c0, c1 + 1), np.arange(r0, r1 + 1)
+    net_cols = np.clip(
+        np.rint((img_cols + 0.5) * transform.scale_x + transform.offset_x - 0.5), 0, anatomy.shape[1] - 1
+    )
+    net_rows = np.clip(
+        np.rint((img_rows + 0.5) * transform.scale_y + transform.offset_y - 0.5), 0, anatomy.shape[0] - 1
+    )
+    inside = anatomy[np.ix_(net_rows.astype(int), net_cols.astype(int))]
+    if not inside.any():
+        return None
+    return float(radiograph.clipped[r0 : r1 + 1, c0 : c1 + 1][inside].mean())
+
+
+def view_info(radiograph: Radiograph, view_probabilities: NDArray[np.float32]) -> ViewInfo:
+    """The view judged: the model's when it is sure, else the tags'; and whether the two agree."""
+    tag_view: View | None = radiograph.view_from_tags  # type: ignore[assignment]
+    tag_side = radiograph.oblique_side_from_tags
+    model_class = VIEW_CLASSES[int(np.argmax(view_probabilities))]
+    confidence = float(np.max(view_probabilities))
+    model_view = view_of_class(model_class)
+    judged: View | None = model_view if confidence >= VIEW_CONFIDENCE else tag_view
+    agree = None if tag_view is None else tag_view == model_view
+    side = None
+    if judged == "oblique":
+        side = model_class.split("_")[1] if model_view == "oblique" else tag_side
+    return ViewInfo(judged, tag_view, model_class, confidence, agree, side)
+
+
+def spacing_from_anatomy(seg: Segmentation) -> Segmentation | None:
+    """The segmentation with millimetres from the vertebral pitch; None with fewer than three levels."""
+    spine = Spine(seg)
+    levels = spine.lumbar_levels
+    if len(levels) < 3:
+        return None
+    centres = np.stack([spine.centres[lv] for lv in levels])
+    pitch_px = float(np.median(np.linalg.norm(np.diff(centres, axis=0), axis=1)))
+    return Segmentation(seg.probabilities, seg.view_probabilities, seg.transform, LUMBAR_SEGMENT_MM / pitch_px)
+
+
+def image_facts(radiograph: Radiograph) -> dict[str, object]:
+    """What the verdict says about the image (no patient data: its UID, which the RIS matches on)."""
+    return {
+        "sop_instance_uid": radiograph.sop_instance_uid,
+        "rows": radiograph.shape[0],
+        "columns": radiograph.shape[1],
+        "modality": radiograph.modality,
+        "view_position": radiograph.view_position,
+        "photometric": radiograph.photometric,
+        "transfer_syntax": radiograph.transfer_syntax,
+        "pixel_spacing_mm": None if radiograph.pixel_spacing_mm is None else radiograph.pixel_spacing_mm[0],
+        "spacing_source": radiograph.spacing_source,
+    }
+
+
+def assess(
+    radiograph: Radiograph,
+    masks: NDArray[np.float32],
+    view_probabilities: NDArray[np.float32],
+    transform: Transform,
+    standard: Standard,
+    *,
+    target_exposure_index: Mapping[str, float],
+    versions: Mapping[str, str],
+    notes: Iterable[str] = (),
+    degraded: bool = False,
+) -> Assessment:
+    """Judge one image from the model's outputs (probabilities on the network grid, mapped to the image
+    by `transform`). Every way it can go wrong ends in a verdict with a reason, never an exception."""
+    started = time.perf_counter()
+    image = image_facts(radiograph)
+    notes = list(notes)
+    if radiograph.resampled_to_square:
+        notes.append("non-square pixels were resampled to square before measuring")
+    spacing = radiograph.pixel_spacing_mm[0] if radiograph.pixel_spacing_mm else None
+    seg = Segmentation(masks, view_probabilities, transform, (spacing or 1.0) / transform.scale_x)
+    if spacing is None:
+        estimated = spacing_from_anatomy(seg)
+        if estimated is not None:
+            seg = estimated
+            notes.append(
+                f"pixel spacing unknown: millimetres estimated from the vertebral spacing (~{LUMBAR_SEGMENT_MM:g} mm)"
+            )
+        image["spacing_source"] = "anatomy (estimated)" if estimated is not None else "unknown"
+    elif radiograph.spacing_source == "ImagerPixelSpacing":
+        notes.append("no calibrated Pixel Spacing: millimetres are at the detector (about 10-20 % larger)")
+    view = view_info(radiograph, view_probabilities)
+
+    def indeterminate(reason: str, code: str, measurements: Mapping[str, Measurement] | None = None) -> Assessment:
+        verdict = Verdict.indeterminate(
+            reason=reason, code=code, view=view, image=image, versions=versions, notes=notes, degraded=degraded
+        )
+        return Assessment(verdict, seg, measurements, {"measure": (time.perf_counter() - started) * 1000})
+
+    if not radiograph.lumbar_examination:
+        return indeterminate(
+            f"not a lumbar spine examination (Body Part Examined {radiograph.body_part})", "not_lumbar_spine"
+        )
+    if view.judged is None:
+        return indeterminate("view unknown: neither the DICOM tags nor the model identify it", "view_unknown")
+    if view.agree is False:
+        notes.append(
+            f"view disagreement: DICOM says {view.from_tags}, the image looks like {view.from_model}"
+            f" ({view.model_confidence:.2f}); judged as {view.judged}"
+        )
+    judged: View = view.judged  # type: ignore[assignment]
+    anatomy = anatomy_mask(seg, judged, field_box(seg))
+    ctx = Context(
+        view=judged,
+        oblique_side=view.oblique_side or "",
+        exposure=radiograph.exposure,
+        clipped_fraction=clipped_fraction(radiograph, transform, anatomy),
+        target_exposure_index=target_exposure_index.get(judged),
+        image=radiograph.pixels,
+        image_spacing_mm=seg.mm_per_px * transform.scale_x,
+    )
+    measurements, reason = measure_all(seg, standard, ctx)
+    if reason:
+        return indeterminate(reason, "not_lumbar_spine", measurements)
+    measured = time.perf_counter()
+    results = judge(measurements, standard, judged)
+    verdict = Verdict.judged(
+        items=results, view=view, image=image, versions=versions, notes=notes, degraded=degraded
+    )
+    timings = {"measure": (measured - started) * 1000, "judge": (time.perf_counter() - measured) * 1000}
+    return Assessment(verdict, seg, measurements, timings)
