@@ -8,10 +8,13 @@ indeterminate with a reason), never in an exception the caller has to interpret.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -28,6 +31,10 @@ from edge.qc.measure import Measurement
 from edge.qc.segmentation import Segmentation
 from edge.qc.standard import Standard, site_standard
 from edge.qc.verdict import Verdict
+
+log = logging.getLogger("edge.pipeline")
+# How often the activation watcher looks at the engines directory's `current` pointer.
+ACTIVATION_POLL_S: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -130,19 +137,24 @@ class Pipeline:
 
 
 class ReloadingPipeline:
-    """A pipeline that follows the engines directory's `current` pointer between images.
+    """The one owner of engine activation: a pipeline that follows the engines directory's `current`
+    pointer (and SIGHUP's new configurations) without ever making an image wait for a load.
 
-    Before each image it resolves the configured model path; when an activation (or rollback) has
-    moved it, the new version is loaded and warmed up beside the running one and swapped in only
-    once it works. If it fails, the running version keeps serving, and every verdict says which
-    activation failed and why, until the pointer moves again (as Triton's model control does)."""
+    When an activation (or rollback) moves the pointer, the new version is loaded and warmed up beside
+    the running one, off the inference thread once `start_watching` runs, and swapped in by the
+    inference thread between two images (`swap`). If it fails, the running version keeps serving, and
+    every verdict says which activation failed and why, until the pointer moves again (as Triton's
+    model control does). Without a watcher (tests, tools) `process` loads a moved pointer itself."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self._pipeline = Pipeline(config)
-        self._serving = self._resolved()
-        self._tried = self._serving
+        self._tried = self._resolved()
+        self._pending: Pipeline | None = None  # loaded and warm, waiting for the inference thread
+        self._lock = threading.Lock()  # guards _pending and problem
         self.problem = ""
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def _resolved(self) -> Path:
         return self.config.model.path.resolve()
@@ -155,7 +167,18 @@ class ReloadingPipeline:
     def versions(self) -> dict[str, str]:
         return self._pipeline.versions
 
-    def check_activation(self) -> None:
+    def start_watching(self, interval_s: float = ACTIVATION_POLL_S) -> None:
+        """Look for a moved pointer every `interval_s` in a thread of its own ("activation")."""
+        self._watcher = threading.Thread(target=self._watch, args=(interval_s,), name="activation", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.prepare()
+
+    def prepare(self) -> None:
+        """Load and warm up the version the pointer now names, beside the running one; a version that
+        cannot load is reported, never served."""
         target = self._resolved()
         if target == self._tried:
             return
@@ -163,17 +186,48 @@ class ReloadingPipeline:
         try:
             candidate = Pipeline(self.config)
         except Exception as exc:  # whatever a broken version throws, the running one keeps serving
-            self.problem = f"activation of {target.name} failed ({exc}); still serving {self.serving}"
+            with self._lock:
+                self.problem = f"activation of {target.name} failed ({exc}); still serving {self.serving}"
             return
-        old, self._pipeline, self._serving, self.problem = self._pipeline, candidate, target, ""
-        old.close()
+        with self._lock:
+            superseded, self._pending, self.problem = self._pending, candidate, ""
+        if superseded is not None:
+            superseded.close()
+
+    def swap(self) -> bool:
+        """On the inference thread, between two images: put a prepared version in service (and close the
+        old one). True when the serving version changed."""
+        with self._lock:
+            candidate, self._pending = self._pending, None
+        if candidate is None:
+            return False
+        old, self._pipeline = self._pipeline, candidate
+        try:
+            old.close()
+        except Exception:  # the new version serves either way; a backend that will not close is only logged
+            log.exception("closing the previous version %s failed", old.manifest.label)
+        return True
+
+    def check_activation(self) -> None:
+        """Follow the pointer now: swap in what the watcher prepared, or (with no watcher) load it here."""
+        if self._watcher is None:
+            self.prepare()
+        self.swap()
 
     def process(self, source: bytes | Path | str | Dataset) -> Result:
         self.check_activation()
         result = self._pipeline.process(source)
-        if self.problem:
-            return dataclasses.replace(result, verdict=result.verdict.with_note(self.problem))
+        problem = self.problem
+        if problem:
+            return dataclasses.replace(result, verdict=result.verdict.with_note(problem))
         return result
 
     def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=120)  # a load under way finishes first
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.close()
         self._pipeline.close()

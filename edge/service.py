@@ -117,6 +117,7 @@ class Service:
         if self.http is not None:
             self.http.start()
         self.publisher.start()
+        self.pipeline.start_watching()
         self._worker.start()
         threading.Thread(target=self._requeue, args=(recovered,), name="recovery", daemon=True).start()
         self.scp.start()
@@ -141,8 +142,8 @@ class Service:
         return identifier, payload
 
     def _follow_activation(self) -> None:
-        """In the worker, between images: pick up an engine activation now (loaded and warmed beside the
-        running version) rather than with the next radiograph, and say which version serves."""
+        """In the worker, between images: swap in a version the activation watcher has loaded and warmed
+        beside the running one (no image waits for a load), and say which version serves."""
         self.pipeline.check_activation()
         self.metrics.activation_failed.set(1 if self.pipeline.problem else 0)
         versions = self.pipeline.versions
@@ -168,6 +169,8 @@ class Service:
                 continue
             arrival.seconds["queue"] = time.perf_counter() - arrival.queued_at
             entry, data = arrival.entry, arrival.data  # bytes while the spool write is under way, else read the entry
+            with self._pipeline_lock:
+                self._follow_activation()  # a version loaded meanwhile serves from this image on
             try:
                 with self._pipeline_lock:
                     verdict = self.pipeline.process(entry if data is None else data).verdict
@@ -217,6 +220,7 @@ class Service:
         ]
         if config.model != self.config.model or config.qc != self.config.qc:
             candidate = ReloadingPipeline(config)  # loads and warms up beside the running pipeline
+            candidate.start_watching()
             with self._pipeline_lock:
                 old, self.pipeline = self.pipeline, candidate
                 self._follow_activation()
