@@ -22,6 +22,7 @@ place that knows the items and their keys, applies and checks them (`edge-qc con
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,16 @@ def _default_model() -> Path:
 
 DEFAULT_MODEL: Final = _default_model()
 BACKENDS: Final = ("onnxruntime", "tensorrt")
+
+
+# Secrets need not sit in the TOML (which Ansible renders and a backup copies): when a key is empty
+# there, it is read from the systemd credential of the same dotted name ($CREDENTIALS_DIRECTORY/mqtt.password,
+# from LoadCredential= or SetCredentialEncrypted=), else from the environment variable named here.
+SECRETS: Final[dict[tuple[str, str], str]] = {
+    ("mqtt", "password"): "EDGEQC_MQTT_PASSWORD",
+    ("mqtt", "keyfile_password"): "EDGEQC_MQTT_KEYFILE_PASSWORD",
+    ("dicom", "tls_keyfile_password"): "EDGEQC_DICOM_TLS_KEYFILE_PASSWORD",
+}
 
 
 class ConfigError(ValueError):
@@ -86,6 +97,7 @@ class DicomConfig:
     max_pdu_bytes: int = 262144  # larger PDUs cut the receive time of a 12 MB image (fewer, bigger reads)
     tls_certfile: str = ""  # DICOM TLS when set: this appliance's certificate (PEM), with tls_keyfile
     tls_keyfile: str = ""
+    tls_keyfile_password: str = ""  # a secret: better from $CREDENTIALS_DIRECTORY or the environment (SECRETS)
     tls_ca_certs: str = ""  # when set, senders must present a certificate this CA signed (mutual TLS)
 
 
@@ -100,10 +112,11 @@ class MqttConfig:
     status_topic: str = "edgeqc/{site}/{room}/{device}/status"
     client_id: str = ""  # empty: edge-qc-<device>
     username: str = ""
-    password: str = ""
+    password: str = ""  # a secret: better from $CREDENTIALS_DIRECTORY or the environment (SECRETS)
     ca_certs: str = ""  # TLS when set
     certfile: str = ""
     keyfile: str = ""
+    keyfile_password: str = ""  # a secret, as password
     send_uids: bool = False  # False: SOP Instance UIDs are hashed in payloads
 
     def _named(self, template: str) -> str:
@@ -211,7 +224,31 @@ def _tls_files(dicom: DicomConfig, where: str, base: Path) -> DicomConfig:
     return dataclasses.replace(dicom, **resolved)
 
 
-def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Path | None = None) -> Config:
+def _secret(section: str, key: str, value: str, environ: Mapping[str, str]) -> str:
+    """The TOML's value, else the systemd credential `section.key`, else the environment variable."""
+    if value:
+        return value
+    credentials = environ.get("CREDENTIALS_DIRECTORY", "")
+    if credentials:
+        path = Path(credentials) / f"{section}.{key}"
+        if path.is_file():
+            return path.read_text("utf-8").rstrip("\r\n")
+    return environ.get(SECRETS[(section, key)], "")
+
+
+def _with_secrets(section: Any, name: str, environ: Mapping[str, str]) -> Any:
+    found = {key: _secret(name, key, getattr(section, key), environ) for (sec, key) in SECRETS if sec == name}
+    return dataclasses.replace(section, **found)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    where: str = "<config>",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate parsed TOML; secrets left empty there come from `environ` (default: os.environ)."""
+    environ = os.environ if environ is None else environ
     _reject_unknown(data, {"model", "qc", "dicom", "mqtt", "service", "metrics"}, "", where)
     model_t = _table(data, "model", where)
     _reject_unknown(model_t, {"path", "backend", "threads", "engine", "fallback"}, "model.", where)
@@ -263,8 +300,8 @@ def parse_config(data: Mapping[str, Any], where: str = "<config>", base_dir: Pat
         raise ConfigError(f"{where}: 'dicom.ae_title' must be 1 to 16 characters, got {dicom.ae_title!r}")
     if dicom.port > 65535:
         raise ConfigError(f"{where}: 'dicom.port' must be a TCP port (1..65535), got {dicom.port}")
-    dicom = _tls_files(dicom, where, base)
-    mqtt = _typed_section(data, "mqtt", MqttConfig, where, base)
+    dicom = _with_secrets(_tls_files(dicom, where, base), "dicom", environ)
+    mqtt = _with_secrets(_typed_section(data, "mqtt", MqttConfig, where, base), "mqtt", environ)
     if mqtt.port > 65535:
         raise ConfigError(f"{where}: 'mqtt.port' must be a TCP port (1..65535), got {mqtt.port}")
     for key in ("topic", "status_topic"):

@@ -26,7 +26,7 @@ from edge.dicom.spool import Arrival, Spool
 from edge.observability import Metrics, MetricsServer
 from edge.pipeline import ReloadingPipeline
 from edge.publish.message import Origin, message_id, verdict_message
-from edge.publish.mqtt import BrokerSettings, Publisher
+from edge.publish.mqtt import Publisher
 from edge.publish.outbox import Message, Outbox
 from edge.qc.verdict import Verdict
 from edge.systemd import Watchdog, notify
@@ -49,18 +49,8 @@ class Service:
         self.metrics = Metrics()
         self.publisher = Publisher(
             self.outbox,
-            BrokerSettings(
-                host=mqtt.host,
-                port=mqtt.port,
-                client_id=mqtt.client_id or f"edge-qc-{mqtt.device}",
-                status_topic=mqtt.status_topic_name,
-                username=mqtt.username or None,
-                password=mqtt.password or None,
-                ca_certs=mqtt.ca_certs or None,
-                certfile=mqtt.certfile or None,
-                keyfile=mqtt.keyfile or None,
-                birth={"versions": self.pipeline.versions},
-            ),
+            mqtt,
+            birth={"versions": self.pipeline.versions},
             on_published=self._published,
             on_failure=self.metrics.publish_failures.inc,
         )

@@ -105,3 +105,25 @@ def test_the_documented_example_is_every_default() -> None:
         for key in dataclasses.fields(getattr(Config(), section.name)):
             documented = rf"^(#? ?{key.name} = |\[{section.name}\.{key.name}\])"  # a key, or a table of its own
             assert re.search(documented, text, re.MULTILINE), f"{section.name}.{key.name} undocumented"
+
+
+def test_secrets_come_from_systemd_credentials_or_the_environment(tmp_path: Path) -> None:
+    """A password left out of the TOML is read from $CREDENTIALS_DIRECTORY/<section>.<key> first, then
+    from the environment; one written in the TOML wins."""
+    from edge.config import parse_config
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "mqtt.password").write_text("from-credential\n")
+    environ = {
+        "CREDENTIALS_DIRECTORY": str(credentials),
+        "EDGEQC_MQTT_PASSWORD": "from-environment",
+        "EDGEQC_MQTT_KEYFILE_PASSWORD": "key-from-environment",
+    }
+    config = parse_config({}, environ=environ)
+    assert config.mqtt.password == "from-credential"
+    assert config.mqtt.keyfile_password == "key-from-environment"
+    assert config.dicom.tls_keyfile_password == ""
+    assert parse_config({}, environ={"EDGEQC_MQTT_PASSWORD": "e"}).mqtt.password == "e"
+    assert parse_config({"mqtt": {"password": "toml"}}, environ=environ).mqtt.password == "toml"
+    assert parse_config({}, environ={}).mqtt.password == ""

@@ -79,7 +79,7 @@ def server_tls(settings: DicomConfig) -> ssl.SSLContext | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
+        context.load_cert_chain(settings.tls_certfile, settings.tls_keyfile, settings.tls_keyfile_password or None)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"dicom.tls_certfile / dicom.tls_keyfile: cannot load ({exc})") from exc
     if settings.tls_ca_certs:

@@ -11,57 +11,62 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.config import MqttConfig
 from edge.publish.outbox import Message, Outbox
 
 
 @dataclass(frozen=True)
-class BrokerSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    client_id: str = "edge-qc"
-    status_topic: str = "edgeqc/site/room/device/status"
+class Timing:
+    """How patient the publisher is with the broker (not site configuration: tests shorten them)."""
+
     keepalive_s: int = 30
-    username: str | None = None
-    password: str | None = None
-    ca_certs: str | None = None  # TLS when set
-    certfile: str | None = None
-    keyfile: str | None = None
     ack_timeout_s: float = 10.0
     reconnect_max_s: int = 30
-    birth: dict[str, Any] = field(default_factory=dict)  # versions etc. sent with "online"
 
 
 class Publisher:
     def __init__(
         self,
         outbox: Outbox,
-        settings: BrokerSettings,
+        mqtt_config: MqttConfig,
+        *,
+        birth: Mapping[str, Any] | None = None,  # versions etc. sent with "online"
+        timing: Timing = Timing(),
         on_published: Callable[[Message, float], None] | None = None,
         on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.outbox = outbox
-        self.settings = settings
+        self.settings = mqtt_config
+        self.timing = timing
+        self.status_topic = mqtt_config.status_topic_name
         self.on_published = on_published  # (message, seconds from publish to PUBACK)
         self.on_failure = on_failure
         self.connected = threading.Event()
         self.published = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._birth = dict(settings.birth)
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=settings.client_id)
-        client.will_set(settings.status_topic, self._status("offline"), qos=1, retain=True)
-        if settings.username is not None:
-            client.username_pw_set(settings.username, settings.password)
-        if settings.ca_certs is not None:
-            client.tls_set(ca_certs=settings.ca_certs, certfile=settings.certfile, keyfile=settings.keyfile)
-        client.reconnect_delay_set(min_delay=1, max_delay=settings.reconnect_max_s)
+        self._birth = dict(birth or {})
+        settings = mqtt_config
+        client_id = settings.client_id or f"edge-qc-{settings.device}"
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+        client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password or None)
+        if settings.ca_certs:
+            client.tls_set(
+                ca_certs=settings.ca_certs,
+                certfile=settings.certfile or None,
+                keyfile=settings.keyfile or None,
+                keyfile_password=settings.keyfile_password or None,
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=timing.reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         self._client = client
@@ -75,12 +80,12 @@ class Publisher:
         now when connected, and with every later connection."""
         self._birth = dict(birth)
         if self.connected.is_set():
-            self._client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
+            self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if getattr(reason, "is_failure", False):
             return
-        client.publish(self.settings.status_topic, self._status("online"), qos=1, retain=True)
+        client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connected.set()
         self._wake.set()
 
@@ -88,7 +93,7 @@ class Publisher:
         self.connected.clear()
 
     def start(self) -> None:
-        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
+        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.timing.keepalive_s)
         self._client.loop_start()
         self._sender.start()
 
@@ -111,7 +116,7 @@ class Publisher:
             started = time.monotonic()
             try:
                 info = self._client.publish(message.topic, message.payload, qos=1)
-                info.wait_for_publish(timeout=self.settings.ack_timeout_s)
+                info.wait_for_publish(timeout=self.timing.ack_timeout_s)
                 acknowledged = info.is_published()
             except (ValueError, RuntimeError):
                 acknowledged = False
@@ -136,9 +141,9 @@ class Publisher:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._sender.join(timeout=self.settings.ack_timeout_s + 1)
+        self._sender.join(timeout=self.timing.ack_timeout_s + 1)
         if self.connected.is_set():
-            self._client.publish(self.settings.status_topic, self._status("offline"), qos=1, retain=True)
+            self._client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
             time.sleep(0.1)
         self._client.disconnect()
         self._client.loop_stop()

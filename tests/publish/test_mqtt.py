@@ -7,7 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from edge.publish.mqtt import BrokerSettings, Publisher
+from edge.config import MqttConfig
+from edge.publish.mqtt import Publisher, Timing
 from edge.publish.outbox import Outbox
 from tests.conftest import require_tool
 from tools.testbed import RUN_AS_INVOKER, Broker, VerdictSubscriber, free_port, wait_for
@@ -23,8 +24,8 @@ def queue(outbox: Outbox, first: int, count: int) -> None:
 def test_verdicts_arrive_in_order_and_status_is_retained(broker: Broker, tmp_path: Path) -> None:
     subscriber = VerdictSubscriber(broker.port, "edgeqc/#")
     outbox = Outbox(tmp_path / "outbox.sqlite")
-    settings = BrokerSettings(port=broker.port, status_topic="edgeqc/s/r/d/status", birth={"model": "m 0.2.0"})
-    publisher = Publisher(outbox, settings)
+    settings = MqttConfig(port=broker.port, site="s", room="r", device="d")
+    publisher = Publisher(outbox, settings, birth={"model": "m 0.2.0"})
     queue(outbox, 0, 20)
     publisher.start()
     assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 20)
@@ -39,7 +40,7 @@ def test_verdicts_arrive_in_order_and_status_is_retained(broker: Broker, tmp_pat
 def test_nothing_is_lost_while_the_broker_is_down(broker: Broker, tmp_path: Path) -> None:
     subscriber = VerdictSubscriber(broker.port, "edgeqc/+/+/+/verdict")
     outbox = Outbox(tmp_path / "outbox.sqlite")
-    publisher = Publisher(outbox, BrokerSettings(port=broker.port, ack_timeout_s=2.0))
+    publisher = Publisher(outbox, MqttConfig(port=broker.port), timing=Timing(ack_timeout_s=2.0))
     publisher.start()
     queue(outbox, 0, 10)
     assert wait_for(lambda: len(subscriber.payloads("verdict")) >= 10)
@@ -91,8 +92,8 @@ def test_tls_with_client_certificate_and_password(tmp_path: Path, pki: Path) -> 
     require_tool(MOSQUITTO_PASSWD, package="mosquitto")
     broker, tls_port = tls_broker(tmp_path, pki)
     subscriber = VerdictSubscriber(broker.port, "edgeqc/+/+/+/verdict")
-    def settings(password: str) -> BrokerSettings:
-        return BrokerSettings(
+    def settings(password: str) -> MqttConfig:
+        return MqttConfig(
             port=tls_port,
             username="edgeqc",
             password=password,

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-import edge.pipeline
 from edge.config import load_config
 from edge.engines.store import EngineStore
+from edge.inference.backend import open_with_fallback
 from edge.service import Service
 from tests.qc.conftest import fault_case, write_case
 from tools.testbed import Broker, VerdictSubscriber, site_config, store, wait_for
@@ -35,7 +35,6 @@ def test_no_image_waits_for_an_activation(broker: Broker, tmp_path: Path, monkey
 
     # The load of the next version is held until the test lets it go: an image that arrives meanwhile
     # must be judged, by the running version, without waiting.
-    real_open = edge.pipeline.open_with_fallback
     loading, release = threading.Event(), threading.Event()
     loaders: list[str] = []
 
@@ -44,7 +43,7 @@ def test_no_image_waits_for_an_activation(broker: Broker, tmp_path: Path, monkey
             loaders.append(threading.current_thread().name)
             loading.set()
             assert release.wait(60), "the test never released the load"
-        return real_open(*args, **kwargs)
+        return open_with_fallback(*args, **kwargs)
 
     subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/verdict")
     service = Service(load_config(config_path))
@@ -56,7 +55,7 @@ def test_no_image_waits_for_an_activation(broker: Broker, tmp_path: Path, monkey
 
         store(port, studies[0])
         assert wait_for(lambda: len(served(1)) == 1, timeout=60)
-        monkeypatch.setattr(edge.pipeline, "open_with_fallback", held_open)
+        monkeypatch.setattr("edge.pipeline.open_with_fallback", held_open)
         engine_store.activate("0.2.0")
         assert loading.wait(30)  # the watcher began loading 0.2.0 ...
         store(port, studies[1])  # ... and an image arrives while it loads
