@@ -16,8 +16,9 @@ from numpy.typing import NDArray
 
 from edge.imaging.preprocess import Transform
 from edge.imaging.radiograph import Radiograph
+from edge.qc.items import measure_all
 from edge.qc.judge import judge
-from edge.qc.measure import Context, Measurement, Spine, anatomy_mask, measure_all
+from edge.qc.measure import Context, Measurement, Spine, anatomy_mask
 from edge.qc.segmentation import Segmentation, field_box
 from edge.qc.standard import Standard
 from edge.qc.structures import VIEW_CLASSES, View, view_of_class

@@ -9,38 +9,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
 import numpy as np
 
+from edge.qc.items import ITEMS
 from edge.qc.measure import Measurement
 from edge.qc.standard import ItemRule, Standard
 from edge.qc.structures import View
 
 Outcome = Literal["pass", "warn", "fail", "indeterminate"]
-
-# How each item compares its value with the standard: (kind, parameter keys)
-COMPARISONS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
-    "upper_coverage": ("at_least", ("min_margin_mm",)),
-    "lower_coverage": ("at_least", ("min_margin_mm",)),
-    "lateral_coverage": ("at_least", ("min_margin_mm",)),
-    "front_back_coverage": ("at_least", ("min_margin_mm",)),
-    "centring": ("at_most", ("max_offset_fraction",)),
-    "axis_tilt": ("abs_at_most", ("max_tilt_deg",)),
-    "rotation_spinous": ("at_most", ("max_offset_ratio",)),
-    "rotation_pedicles": ("within", ("min_ratio", "max_ratio")),
-    "pelvis_rotation": ("within", ("min_ratio", "max_ratio")),
-    "disc_spaces": ("at_least", ("min_visible_levels",)),
-    "foramina": ("at_least", ("min_visible_levels",)),
-    "facet_joints": ("at_least", ("min_visible_levels",)),
-    "collimation": ("at_most", ("max_area_ratio",)),
-    "clipping": ("at_most", ("max_clipped_fraction",)),
-    "rotation_double_margins": ("at_most", ("max_gap_mm",)),
-    "tilt_double_endplates": ("at_most", ("max_gap_mm",)),
-    "obliquity": ("within", ("min_angle_deg", "max_angle_deg")),
-    "exposure_index": ("bands", ("fail_below", "fail_above", "warn_below", "warn_above")),
-}
-
 
 @dataclass(frozen=True)
 class ItemResult:
@@ -70,16 +48,16 @@ class ItemResult:
         return out
 
 
-def _compare(rule: ItemRule, value: float, detail: dict[str, object]) -> Outcome:
-    kind, keys = COMPARISONS[rule.item]
-    limits = [rule.number(k) for k in keys]
-    if kind == "at_least":
+def _compare(rule: ItemRule, value: float, detail: Mapping[str, object]) -> Outcome:
+    spec = ITEMS[rule.item]
+    limits = [rule.number(k) for k in spec.limits]
+    if spec.comparison == "at_least":
         ok = value >= limits[0] and not detail.get("cut", False)
-    elif kind == "at_most":
+    elif spec.comparison == "at_most":
         ok = value <= limits[0]
-    elif kind == "abs_at_most":
+    elif spec.comparison == "abs_at_most":
         ok = abs(value) <= limits[0]
-    elif kind == "within":
+    elif spec.comparison == "within":
         ok = limits[0] <= value <= limits[1]
     else:  # exposure bands: outside the fail band fails, outside the warn band warns
         fail_lo, fail_hi, warn_lo, warn_hi = limits
@@ -89,76 +67,9 @@ def _compare(rule: ItemRule, value: float, detail: dict[str, object]) -> Outcome
     return "pass" if ok else "fail"
 
 
-# The textbook oblique: 45 degrees shows the facet joints of most lumbar levels (35-45 for the upper).
-TARGET_OBLIQUITY_DEG: Final = 45.0
-_MOVE: Final = {"top": "up", "bottom": "down", "left": "towards the image's left", "right": "towards the image's right"}
-
-
 def correction(m: Measurement, rule: ItemRule, view: View) -> str:
-    """The action that fixes a failed item, sized from the measurement where that is meaningful."""
-    d, v = m.detail, m.value
-    item = m.item
-    if item.endswith("_coverage"):
-        missing = d.get("missing")
-        if isinstance(missing, list) and missing:
-            return f"{', '.join(str(x) for x in missing)} not in the field: re-centre or open the field"
-        edge = str(d.get("nearest_edge", ""))
-        need = rule.number("min_margin_mm") - (v or 0.0)
-        return f"move the field {_MOVE.get(edge, 'outwards')} (or open it) by at least {max(need, 5.0):.0f} mm"
-    if item == "centring":
-        dx, dy = float(d.get("offset_x_mm", 0.0)), float(d.get("offset_y_mm", 0.0))  # type: ignore[arg-type]
-        parts = []
-        if abs(dx) >= 5:
-            parts.append(f"{abs(dx):.0f} mm towards the image's {'right' if dx > 0 else 'left'}")
-        if abs(dy) >= 5:
-            parts.append(f"{abs(dy):.0f} mm {'down' if dy > 0 else 'up'}")
-        return "move the central ray " + " and ".join(parts or ["onto the spine"])
-    if item == "axis_tilt":
-        return (
-            f"straighten the patient on the table: the spine runs {abs(v or 0):.0f} degrees off the field's long axis"
-        )
-    if item in ("rotation_spinous", "rotation_pedicles"):
-        angle = d.get("rotation_deg")
-        if isinstance(angle, float | int) and abs(angle) >= 1:
-            side = "left" if angle > 0 else "right"
-            return (
-                f"patient rotated about {abs(angle):.0f} degrees (the {side} side turned back): "
-                f"bring the {side} side forward until the shoulders and hips are level"
-            )
-        return "level the shoulders and hips: spinous processes must sit midway between the pedicles"
-    if item == "pelvis_rotation":
-        return "level the pelvis: both anterior superior iliac spines the same height above the table"
-    if item == "disc_spaces":
-        if view == "ap":
-            return "flex the hips and knees to flatten the lordosis, or angle the tube 5-10 degrees cranially"
-        return "align the central ray with the disc spaces (support the waist so the spine is parallel to the table)"
-    if item == "foramina" or item == "rotation_double_margins":
-        return "bring the patient to a true lateral: shoulders and hips perpendicular to the table"
-    if item == "tilt_double_endplates":
-        return "place a radiolucent pad under the waist so the spine lies parallel to the table"
-    if item in ("obliquity", "facet_joints"):
-        estimate = v if item == "obliquity" else d.get("obliquity_deg")
-        if not isinstance(estimate, float | int):
-            return "turn the patient to 45 degrees"
-        angle = float(estimate)
-        target, now = TARGET_OBLIQUITY_DEG, f"obliquity about {angle:.0f} degrees"
-        if angle < target - 5.0:
-            return f"{now}: turn the patient further, by about {target - angle:.0f} degrees"
-        if angle <= target + 5.0:
-            return f"{now}: adjust it towards {target:.0f} degrees"
-        return f"{now}: turn the patient back, by about {angle - target:.0f} degrees"
-    if item == "collimation":
-        size = d.get("minimal_field_mm")
-        return f"collimate to about {size[0]} x {size[1]} mm" if isinstance(size, list) else "collimate tighter"
-    if item == "exposure_index":
-        di = v or 0.0
-        factor = 10 ** (di / 10)
-        if di > 0:
-            return f"over-exposed by about {factor:.1f}x the target dose: reduce the mAs for the next patient"
-        return f"under-exposed at about {factor:.2f}x the target dose: increase the mAs"
-    if item == "clipping":
-        return "detector clipped inside the anatomy: check kV/mAs and the detector's dose range"
-    return ""
+    """The action that fixes a failed item (the item's own correction, from the registry)."""
+    return ITEMS[m.item].correction(m, rule, view)
 
 
 def _message(rule: ItemRule, m: Measurement) -> str:
@@ -170,7 +81,7 @@ def _message(rule: ItemRule, m: Measurement) -> str:
 
 
 def judge_item(m: Measurement, rule: ItemRule, view: View) -> ItemResult:
-    keys = COMPARISONS[rule.item][1]
+    keys = ITEMS[rule.item].limits
     threshold = [rule.number(k) for k in keys]
     if m.value is None or np.isnan(m.value):
         return ItemResult(

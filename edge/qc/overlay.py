@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from edge.imaging.radiograph import Radiograph
+from edge.qc.items import ITEMS
 from edge.qc.measure import Spine
 from edge.qc.segmentation import THRESHOLD, Segmentation, field_box
 from edge.qc.structures import STRUCTURES
@@ -39,20 +40,6 @@ STRUCTURE_COLOURS: Final[dict[str, tuple[int, int, int]]] = {
     "disc": (0, 200, 255),
     "foramen": (255, 255, 255),
     "articular_process": (255, 180, 180),
-}
-# The structures each failed item is about: outlined in red.
-ITEM_STRUCTURES: Final[dict[str, tuple[str, ...]]] = {
-    "upper_coverage": ("body_T12", "body_L1"),
-    "lower_coverage": ("si_joint_left", "si_joint_right", "sacrum", "body_L5"),
-    "lateral_coverage": ("transverse_process",),
-    "front_back_coverage": ("spinous_process",),
-    "rotation_spinous": ("spinous_process", "pedicle_left", "pedicle_right"),
-    "rotation_pedicles": ("pedicle_left", "pedicle_right"),
-    "pelvis_rotation": ("si_joint_left", "si_joint_right"),
-    "disc_spaces": ("disc",),
-    "foramina": ("foramen",),
-    "facet_joints": ("articular_process",),
-    "obliquity": ("pedicle_left", "pedicle_right"),
 }
 
 
@@ -85,7 +72,7 @@ def draw_overlay(radiograph: Radiograph, seg: Segmentation | None, verdict: Verd
     failed = {r.item for r in verdict.failed}
     if seg is not None:
         nx, ny = net_coords(np.arange(out_cols, dtype=np.float64), np.arange(out_rows, dtype=np.float64))
-        highlighted = {s for item in failed for s in ITEM_STRUCTURES.get(item, ())}
+        highlighted = {s for item in failed for s in ITEMS[item].structures}
         for name in STRUCTURES[1:]:
             mask = seg.prob(name)[np.ix_(ny, nx)] > THRESHOLD
             if not mask.any():

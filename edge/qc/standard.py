@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from edge.config import ConfigError, QcConfig
+from edge.qc.items import ITEMS
+from edge.qc.rules import ItemRule, ParamValue, Severity, Standard, StandardError
 from edge.qc.structures import STRUCTURES, VIEWS, View
 
 if sys.version_info >= (3, 11):
@@ -22,73 +23,18 @@ if sys.version_info >= (3, 11):
 else:  # JetPack 6 (Ubuntu 22.04) ships Python 3.10
     import tomli as tomllib
 
-Severity = Literal["fail", "warn"]
-ParamValue = float | int | str
-
-# Every item the judge knows, with the parameters it needs. Unknown items or keys are errors.
-ITEM_PARAMS: Final[dict[str, frozenset[str]]] = {
-    "upper_coverage": frozenset({"structure", "min_margin_mm"}),
-    "lower_coverage": frozenset({"min_margin_mm"}),
-    "lateral_coverage": frozenset({"min_margin_mm"}),
-    "front_back_coverage": frozenset({"min_margin_mm"}),
-    "centring": frozenset({"max_offset_fraction"}),
-    "axis_tilt": frozenset({"max_tilt_deg"}),
-    "rotation_spinous": frozenset({"max_offset_ratio"}),
-    "rotation_pedicles": frozenset({"min_ratio", "max_ratio"}),
-    "pelvis_rotation": frozenset({"min_ratio", "max_ratio"}),
-    "disc_spaces": frozenset({"min_visible_levels", "min_gap_mm"}),
-    "foramina": frozenset({"min_visible_levels", "min_overlap"}),
-    "collimation": frozenset({"max_area_ratio", "margin_mm"}),
-    "exposure_index": frozenset({"fail_above", "fail_below", "warn_above", "warn_below"}),
-    "clipping": frozenset({"max_clipped_fraction"}),
-    "rotation_double_margins": frozenset({"max_gap_mm"}),
-    "tilt_double_endplates": frozenset({"max_gap_mm"}),
-    "obliquity": frozenset({"min_angle_deg", "max_angle_deg", "min_eye_position", "max_eye_position"}),
-    "facet_joints": frozenset({"min_visible_levels", "max_angle_deg"}),
-}
+# Every item the judge knows, with the parameters it needs (the registry's): unknown items or keys are errors.
+ITEM_PARAMS: Final[dict[str, frozenset[str]]] = {name: spec.required for name, spec in ITEMS.items()}
 _COMMON_KEYS: Final = frozenset({"severity", "message"})
-# oblique lower coverage names its structure; AP/lateral lower coverage is fixed anatomy.
-_OPTIONAL_PARAMS: Final[dict[str, frozenset[str]]] = {"lower_coverage": frozenset({"structure"})}
+_OPTIONAL_PARAMS: Final[dict[str, frozenset[str]]] = {name: spec.optional for name, spec in ITEMS.items()}
 
 DEFAULT_STANDARD: Final = "lumbar-1.0.toml"
-
-
-class StandardError(ValueError):
-    """A QC standard file that cannot be used; the message names the file and the key."""
 
 
 def allowed_keys(item: str) -> frozenset[str]:
     """The keys an item's table may hold: its parameters, optional ones, severity and message (the one
     rule, for the standard file and a site's overrides alike)."""
     return ITEM_PARAMS[item] | _COMMON_KEYS | _OPTIONAL_PARAMS.get(item, frozenset())
-
-
-@dataclass(frozen=True)
-class ItemRule:
-    view: View
-    item: str
-    severity: Severity
-    message: str
-    params: Mapping[str, ParamValue]
-
-    def number(self, key: str) -> float:
-        value = self.params[key]
-        if isinstance(value, str):
-            raise StandardError(f"{self.view}.{self.item}.{key}: expected a number, got {value!r}")
-        return float(value)
-
-    def text(self, key: str) -> str:
-        return str(self.params[key])
-
-
-@dataclass(frozen=True)
-class Standard:
-    name: str
-    version: str
-    items: Mapping[View, Mapping[str, ItemRule]]
-
-    def rule(self, view: View, item: str) -> ItemRule:
-        return self.items[view][item]
 
 
 def _check_item(where: str, view: View, item: str, table: object) -> ItemRule:
@@ -191,3 +137,19 @@ def site_standard(qc: QcConfig, source: str) -> Standard:
         return parse_standard(base, f"{where} with overrides from {source}")
     except StandardError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+__all__ = [
+    "DEFAULT_STANDARD",
+    "ITEM_PARAMS",
+    "ItemRule",
+    "ParamValue",
+    "Severity",
+    "Standard",
+    "StandardError",
+    "allowed_keys",
+    "load_standard",
+    "parse_standard",
+    "site_standard",
+    "standard_data",
+]

@@ -76,3 +76,21 @@ def test_unparsable_file_names_the_file(tmp_path: Path) -> None:
     bad.write_text("[ap.centring\nseverity = 'fail'\n")
     with pytest.raises(StandardError, match=r"bad\.toml"):
         load_standard(bad)
+
+
+def test_the_registry_the_standard_and_the_phantom_truth_name_the_same_items() -> None:
+    """One definition per QC item: the registry (edge.qc.items), the shipped standard file and the
+    phantom's truth know exactly the same items, and every table is derived from the registry."""
+    from edge.qc.items import ITEMS
+    from tools.phantom.truth import BORDERLINE, ITEM_TRUTHS
+
+    standard = load_standard()
+    in_standard = {item for rules in standard.items.values() for item in rules}
+    assert set(ITEMS) == in_standard == set(ITEM_TRUTHS) == set(ITEM_PARAMS)
+    assert set(BORDERLINE) <= set(ITEMS) and len(BORDERLINE) == 15
+    for name, spec in ITEMS.items():
+        assert spec.name == name and set(spec.limits) <= spec.required
+        assert set(spec.structures) <= set(STRUCTURES), name
+        for view in VIEWS:
+            if name in standard.items[view]:
+                assert spec.required <= set(standard.items[view][name].params), (view, name)

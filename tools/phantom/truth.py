@@ -16,6 +16,8 @@ from typing import Final, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from edge.qc.items import ITEMS
+from edge.qc.measure import DISC_JOINTS, FACET_JOINTS
 from edge.qc.standard import ItemRule, Standard
 from edge.qc.structures import LUMBAR_LEVELS, REQUIRED_STRUCTURES, View
 from tools.phantom.acquisition import OBLIQUE_SIDE, Acquisition
@@ -30,24 +32,8 @@ Outcome = Literal["pass", "warn", "fail"]
 # Half-width of the band around a threshold inside which a case is "borderline" (issue: faults
 # within 1 degree or 2 mm of a threshold are counted separately), in each item's own unit.
 BORDERLINE: Final[dict[str, float]] = {
-    "upper_coverage": 2.0,
-    "lower_coverage": 2.0,
-    "lateral_coverage": 2.0,
-    "front_back_coverage": 2.0,
-    "centring": 0.01,
-    "axis_tilt": 1.0,
-    "rotation_spinous": 0.02,
-    "rotation_pedicles": 0.04,
-    "pelvis_rotation": 0.03,
-    "collimation": 0.05,
-    "exposure_index": 0.2,
-    "clipping": 0.003,
-    "rotation_double_margins": 0.4,
-    "tilt_double_endplates": 0.4,
-    "obliquity": 1.0,
-}
-DISC_JOINTS: Final = ("L1-L2", "L2-L3", "L3-L4", "L4-L5")
-FACET_JOINTS: Final = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+    name: spec.borderline for name, spec in ITEMS.items() if spec.borderline is not None
+}  # from the item registry (edge.qc.items): one definition per item
 
 
 @dataclass(frozen=True)
@@ -179,7 +165,7 @@ def evaluate(anatomy: Anatomy, acq: Acquisition, rendering: Rendering, standard:
     view = acq.view
     out: dict[str, ItemTruth] = {}
     for name, rule in standard.items[view].items():
-        out[name] = _ITEMS[name](g, acq, rule)
+        out[name] = ITEM_TRUTHS[name](g, acq, rule)
     return out
 
 
@@ -458,7 +444,7 @@ def _facet_joints(g: _Geometry, acq: Acquisition, rule: ItemRule) -> ItemTruth:
     return _visible_levels("facet_joints", angles, rule, "max_angle_deg", False, 1.0, "beam_to_joint_deg")
 
 
-_ITEMS: Final[dict[str, Callable[[_Geometry, Acquisition, ItemRule], ItemTruth]]] = {
+ITEM_TRUTHS: Final[dict[str, Callable[[_Geometry, Acquisition, ItemRule], ItemTruth]]] = {
     "upper_coverage": _coverage,
     "lower_coverage": _coverage,
     "lateral_coverage": _coverage,

@@ -1,0 +1,39 @@
+"""One QC item, defined once: its parameters, how its value is compared, how it is measured, what
+to do when it fails, which structures an overlay highlights, and where the phantom's truth is too
+close to call. The item families (`edge.qc.items.*`) each hold theirs; every table the standard
+loader, the judge, the overlay and the phantom use is derived from the registry (`edge.qc.items`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from edge.qc.measure import Context, Measurement, Spine
+from edge.qc.rules import ItemRule
+from edge.qc.segmentation import Box, Segmentation
+from edge.qc.structures import View
+
+# at_least / at_most: one limit; abs_at_most: |value| <= limit; within: [lo, hi];
+# bands (exposure): fail outside [fail_below, fail_above], warn outside [warn_below, warn_above].
+Comparison = Literal["at_least", "at_most", "abs_at_most", "within", "bands"]
+Measure = Callable[[ItemRule, Segmentation, Spine, Box, Context], Measurement]
+Correction = Callable[[Measurement, ItemRule, View], str]
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    name: str
+    comparison: Comparison
+    limits: tuple[str, ...]  # the standard's parameters the value is compared with, in the comparison's order
+    measure: Measure
+    correction: Correction  # the action that fixes a failed item, sized from the measurement
+    params: frozenset[str] = frozenset()  # further parameters the standard must give
+    optional: frozenset[str] = frozenset()  # parameters the standard may give
+    structures: tuple[str, ...] = ()  # highlighted on an overlay when the item fails
+    borderline: float | None = None  # phantom truth within this of a threshold is too close to call
+
+    @property
+    def required(self) -> frozenset[str]:
+        return frozenset(self.limits) | self.params

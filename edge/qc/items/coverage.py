@@ -1,0 +1,211 @@
+"""Coverage family: the field shows the anatomy the view needs (coverage margins, centring, the
+spine's tilt against the field, collimation). Measurements and corrections, and their ItemSpecs."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.qc.item import ItemSpec
+from edge.qc.measure import (
+    EDGE_TOLERANCE_PX,
+    MAX_BODY_HEIGHT_RATIO,
+    Context,
+    Measurement,
+    Spine,
+    grid,
+    to_mm,
+)
+from edge.qc.rules import ItemRule
+from edge.qc.segmentation import Box, Segmentation, fine_box
+from edge.qc.structures import LUMBAR_LEVELS, REQUIRED_STRUCTURES, View
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+Bool = NDArray[np.bool_]
+
+
+def _margin(seg: Segmentation, box: Box | None, field: Box, sides: str) -> tuple[float, dict[str, float]]:
+    """Smallest distance (mm) from the structure's extent to the field edge on the given sides."""
+    assert box is not None
+    gaps: dict[str, float] = {}
+    if "x" in sides:
+        gaps["left"], gaps["right"] = box.x0 - field.x0, field.x1 - box.x1
+    if "y" in sides:
+        gaps["top"], gaps["bottom"] = box.y0 - field.y0, field.y1 - box.y1
+    return to_mm(seg, min(gaps.values())), {k: round(to_mm(seg, v), 2) for k, v in gaps.items()}
+
+
+def _plausible_body(seg: Segmentation, spine: Spine, name: str, keep: str) -> F32:
+    """A body's mask, cut back to the height of its neighbours when it is much taller than they are:
+    the model sometimes carries a level's label onto the bone next to it (L5 onto S1 on an oblique),
+    and a coverage margin measured on that would be wrong by a whole vertebra. `keep` is the end that
+    is trusted ("top" for the lowest level, "bottom" for the highest)."""
+    prob = seg.prob(name)
+    level = name.removeprefix("body_")
+    others = [lv for lv in spine.lumbar_levels if lv != level]
+    if level not in spine.points or len(others) < 2:
+        return prob
+    heights = [float(np.ptp(spine.points[lv] @ spine.local_axis(lv))) for lv in others]
+    typical = float(np.median(heights))
+    axis = spine.local_axis(level)
+    along = spine.points[level] @ axis
+    if np.ptp(along) <= MAX_BODY_HEIGHT_RATIO * typical:
+        return prob
+    xx, yy = grid(prob.shape[0])
+    v = xx * axis[0] + yy * axis[1]
+    keep_mask = v <= along.min() + typical if keep == "top" else v >= along.max() - typical
+    return np.where(keep_mask, prob, 0.0).astype(np.float32)
+
+
+def _coverage_of(
+    item: str, seg: Segmentation, names: tuple[str, ...], field: Box, sides: str, spine: Spine | None = None
+) -> Measurement:
+    present = [n for n in names if seg.present(n)]
+    missing = [n for n in names if n not in present]
+    if missing:
+        return Measurement(item, float("-inf"), "mm", {"structures": list(names), "missing": missing, "cut": True})
+    if spine is not None and len(names) == 1 and names[0].startswith("body_"):
+        keep = "top" if item == "lower_coverage" else "bottom"
+        box = fine_box(_plausible_body(seg, spine, names[0], keep))
+    else:
+        box = fine_box(seg.union(list(names)))
+    margin, gaps = _margin(seg, box, field, sides)
+    edge = min(gaps, key=lambda k: gaps[k])
+    cut = margin < to_mm(seg, EDGE_TOLERANCE_PX)
+    return Measurement(
+        item, margin, "mm", {"structures": list(names), "margins_mm": gaps, "nearest_edge": edge, "cut": cut}
+    )
+
+
+def coverage(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
+    item = rule.item
+    if "structure" in rule.params:
+        return _coverage_of(item, seg, (rule.text("structure"),), field, "xy", spine)
+    if item == "lower_coverage" and ctx.view == "ap":
+        return _coverage_of(item, seg, ("si_joint_left", "si_joint_right"), field, "xy")
+    if item == "lower_coverage":  # lateral: L5 and the L5/S1 disc with the top of the sacrum below it
+        if not seg.present("sacrum") or "L5" not in spine.centres:
+            missing = [n for n in ("body_L5", "sacrum") if not seg.present(n)]
+            return Measurement(item, float("-inf"), "mm", {"missing": missing, "cut": True})
+        below_l5 = spine.band("L5", 0.0, 1.5)
+        disc = np.where(below_l5, seg.prob("disc"), 0.0).astype(np.float32)
+        union = np.maximum(seg.prob("body_L5"), disc)
+        margin, gaps = _margin(seg, fine_box(union), field, "y")
+        return Measurement(
+            item,
+            margin,
+            "mm",
+            {
+                "structures": ["body_L5", "disc L5-S1", "sacrum"],
+                "margins_mm": gaps,
+                "nearest_edge": "bottom",
+                "cut": margin < to_mm(seg, EDGE_TOLERANCE_PX),
+            },
+        )
+    if item == "lateral_coverage":
+        return _coverage_of(item, seg, ("transverse_process",), field, "x")
+    names = (*(f"body_{lv}" for lv in LUMBAR_LEVELS), "spinous_process")  # front_back_coverage
+    present = tuple(n for n in names if seg.present(n))
+    return _coverage_of(item, seg, present or names, field, "x")
+
+
+def centring(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
+    box = fine_box(seg.union(list(REQUIRED_STRUCTURES[ctx.view])))
+    if box is None:
+        return Measurement("centring", None, "fraction", reason="anatomy not found")
+    (cx, cy), (fx, fy) = box.centre, field.centre
+    frac = max(abs(cx - fx) / field.width, abs(cy - fy) / field.height)
+    return Measurement(
+        "centring",
+        frac,
+        "fraction",
+        {"offset_x_mm": round(to_mm(seg, cx - fx), 1), "offset_y_mm": round(to_mm(seg, cy - fy), 1)},
+    )
+
+
+def collimation(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
+    box = fine_box(seg.union(list(REQUIRED_STRUCTURES[ctx.view])))
+    if box is None:
+        return Measurement("collimation", None, "ratio", reason="anatomy not found")
+    margin = rule.number("margin_mm") / seg.mm_per_px
+    minimal = (box.width + 2 * margin) * (box.height + 2 * margin)
+    ratio = field.width * field.height / minimal
+    return Measurement(
+        "collimation",
+        ratio,
+        "ratio",
+        {
+            "field_mm": [round(to_mm(seg, field.width)), round(to_mm(seg, field.height))],
+            "minimal_field_mm": [round(to_mm(seg, box.width + 2 * margin)), round(to_mm(seg, box.height + 2 * margin))],
+        },
+    )
+
+
+def axis_tilt(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
+    levels = spine.lumbar_levels
+    if len(levels) < 3:
+        return Measurement("axis_tilt", None, "deg", reason="fewer than 3 lumbar bodies found")
+    tilt = float(np.degrees(np.arctan2(spine.axis[0], spine.axis[1])))
+    return Measurement("axis_tilt", tilt, "deg", {"levels": levels})
+
+
+_MOVE: Final = {"top": "up", "bottom": "down", "left": "towards the image's left", "right": "towards the image's right"}
+
+
+def coverage_correction(m: Measurement, rule: ItemRule, view: View) -> str:
+    missing = m.detail.get("missing")
+    if isinstance(missing, list) and missing:
+        return f"{', '.join(str(x) for x in missing)} not in the field: re-centre or open the field"
+    edge = str(m.detail.get("nearest_edge", ""))
+    need = rule.number("min_margin_mm") - (m.value or 0.0)
+    return f"move the field {_MOVE.get(edge, 'outwards')} (or open it) by at least {max(need, 5.0):.0f} mm"
+
+
+def centring_correction(m: Measurement, rule: ItemRule, view: View) -> str:
+    dx, dy = float(m.detail.get("offset_x_mm", 0.0)), float(m.detail.get("offset_y_mm", 0.0))  # type: ignore[arg-type]
+    parts = []
+    if abs(dx) >= 5:
+        parts.append(f"{abs(dx):.0f} mm towards the image's {'right' if dx > 0 else 'left'}")
+    if abs(dy) >= 5:
+        parts.append(f"{abs(dy):.0f} mm {'down' if dy > 0 else 'up'}")
+    return "move the central ray " + " and ".join(parts or ["onto the spine"])
+
+
+def axis_tilt_correction(m: Measurement, rule: ItemRule, view: View) -> str:
+    off = abs(m.value or 0)
+    return f"straighten the patient on the table: the spine runs {off:.0f} degrees off the field's long axis"
+
+
+def collimation_correction(m: Measurement, rule: ItemRule, view: View) -> str:
+    size = m.detail.get("minimal_field_mm")
+    return f"collimate to about {size[0]} x {size[1]} mm" if isinstance(size, list) else "collimate tighter"
+
+
+SPECS: Final = (
+    ItemSpec(
+        "upper_coverage", "at_least", ("min_margin_mm",), coverage, coverage_correction,
+        params=frozenset({"structure"}), structures=("body_T12", "body_L1"), borderline=2.0,
+    ),
+    ItemSpec(
+        "lower_coverage", "at_least", ("min_margin_mm",), coverage, coverage_correction,
+        optional=frozenset({"structure"}), structures=("si_joint_left", "si_joint_right", "sacrum", "body_L5"),
+        borderline=2.0,
+    ),
+    ItemSpec(
+        "lateral_coverage", "at_least", ("min_margin_mm",), coverage, coverage_correction,
+        structures=("transverse_process",), borderline=2.0,
+    ),
+    ItemSpec(
+        "front_back_coverage", "at_least", ("min_margin_mm",), coverage, coverage_correction,
+        structures=("spinous_process",), borderline=2.0,
+    ),
+    ItemSpec("centring", "at_most", ("max_offset_fraction",), centring, centring_correction, borderline=0.01),
+    ItemSpec("axis_tilt", "abs_at_most", ("max_tilt_deg",), axis_tilt, axis_tilt_correction, borderline=1.0),
+    ItemSpec(
+        "collimation", "at_most", ("max_area_ratio",), collimation, collimation_correction,
+        params=frozenset({"margin_mm"}), borderline=0.05,
+    ),
+)  # fmt: skip
