@@ -159,7 +159,8 @@ def assess(
             f" ({view.model_confidence:.2f}); judged as {view.judged}"
         )
     judged: View = view.judged  # type: ignore[assignment]
-    anatomy = anatomy_mask(seg, judged, field_box(seg))
+    field = field_box(seg)
+    anatomy = anatomy_mask(seg, judged, field)
     ctx = Context(
         view=judged,
         oblique_side=view.oblique_side or "",
@@ -169,7 +170,7 @@ def assess(
         image=radiograph.pixels,
         image_spacing_mm=seg.mm_per_px * transform.scale_x,
     )
-    measurements, reason = measure_all(seg, standard, ctx)
+    measurements, reason = measure_all(seg, standard, ctx, field)
     if reason:
         return indeterminate(reason, "not_lumbar_spine", measurements)
     measured = time.perf_counter()

@@ -73,6 +73,7 @@ class Spine:
 
     def __init__(self, seg: Segmentation) -> None:
         self.seg = seg
+        self._along_cache: dict[str, tuple[F64, float]] = {}
         self.centres: dict[str, F64] = {}
         self.points: dict[str, F64] = {}
         for level in VERTEBRAL_LEVELS:
@@ -177,13 +178,19 @@ class Spine:
     def band(self, level: str, lo: float, hi: float) -> Bool:
         """Network pixels whose position along the local axis lies between lo and hi body heights
         from the body's centre (negative = above)."""
-        axis = self.local_axis(level)
-        along = self.points[level] @ axis
-        centre = float(self.centres[level] @ axis)
-        height = float(along.max() - along.min())
-        xx, yy = grid(self.seg.probabilities.shape[-1])
-        v = xx * axis[0] + yy * axis[1] - centre
+        v, height = self._along(level)
         return np.asarray((v >= lo * height) & (v <= hi * height))
+
+    def _along(self, level: str) -> tuple[F64, float]:
+        """Every network pixel's position along the level's local axis from its centre, and the body's
+        height (computed once per level: bands of one level are cut many times per image)."""
+        if level not in self._along_cache:
+            axis = self.local_axis(level)
+            along = self.points[level] @ axis
+            centre = float(self.centres[level] @ axis)
+            xx, yy = grid(self.seg.probabilities.shape[-1])
+            self._along_cache[level] = (xx * axis[0] + yy * axis[1] - centre, float(along.max() - along.min()))
+        return self._along_cache[level]
 
 
 @functools.lru_cache(maxsize=4)

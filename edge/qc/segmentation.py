@@ -79,15 +79,21 @@ class Segmentation:
         return np.array([float(np.average(cols, weights=w)), float(np.average(rows, weights=w))])
 
 
-def fine_points(prob: F32, region: NDArray[np.bool_] | None = None, factor: int = UPSAMPLE) -> F64:
-    """Coordinates (network pixels) of a sub-pixel grid where the bilinearly interpolated probability
-    exceeds the threshold: the mask's shape at a quarter-pixel resolution."""
+def _fine_grid(
+    prob: F32, region: NDArray[np.bool_] | None, factor: int
+) -> tuple[NDArray[np.bool_], F64, F64] | None:
+    """The thresholded, bilinearly interpolated probability on a sub-pixel grid over the mask's
+    bounding box (plus a pixel), with the grid's x and y coordinates; None when the mask is empty."""
     mask = prob > THRESHOLD if region is None else (prob > THRESHOLD) & region
     if not mask.any():
-        return np.zeros((0, 2))
+        return None
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 1, prob.shape[0] - 1)
     c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 1, prob.shape[1] - 1)
+    if r1 - r0 < 1 or c1 - c0 < 1:  # a one-pixel-wide strip at the border: the pixel itself
+        single = np.zeros((1, 1), dtype=bool)
+        single[0, 0] = True
+        return single, cols[[0]].astype(np.float64), rows[[0]].astype(np.float64)
     window = prob[r0 : r1 + 1, c0 : c1 + 1].astype(np.float64)
     if region is not None:
         window = np.where(region[r0 : r1 + 1, c0 : c1 + 1], window, 0.0)
@@ -95,27 +101,36 @@ def fine_points(prob: F32, region: NDArray[np.bool_] | None = None, factor: int 
     xs = np.arange(c0, c1 + 1e-9, 1.0 / factor)
     fy, fx = ys - r0, xs - c0
     iy, ix = np.minimum(fy.astype(int), window.shape[0] - 2), np.minimum(fx.astype(int), window.shape[1] - 2)
-    if window.shape[0] < 2 or window.shape[1] < 2:
-        return np.stack([cols[[0]], rows[[0]]], axis=1).astype(np.float64)
     ty, tx = (fy - iy)[:, None], (fx - ix)[None, :]
-    top = window[iy][:, ix] * (1 - tx) + window[iy][:, ix + 1] * tx
-    bottom = window[iy + 1][:, ix] * (1 - tx) + window[iy + 1][:, ix + 1] * tx
-    fine = top * (1 - ty) + bottom * ty
-    yy, xx = np.nonzero(fine > THRESHOLD)
+    # separable: interpolate between rows first (factor x fewer products than four corner gathers)
+    between_rows = window[iy] * (1 - ty) + window[iy + 1] * ty
+    fine = between_rows[:, ix] * (1 - tx) + between_rows[:, ix + 1] * tx
+    return fine > THRESHOLD, xs, ys
+
+
+def fine_points(prob: F32, region: NDArray[np.bool_] | None = None, factor: int = UPSAMPLE) -> F64:
+    """Coordinates (network pixels) of a sub-pixel grid where the bilinearly interpolated probability
+    exceeds the threshold: the mask's shape at a quarter-pixel resolution."""
+    grid = _fine_grid(prob, region, factor)
+    if grid is None:
+        return np.zeros((0, 2))
+    inside, xs, ys = grid
+    yy, xx = np.nonzero(inside)
     return np.stack([xs[xx], ys[yy]], axis=1)
 
 
 def fine_box(prob: F32, region: NDArray[np.bool_] | None = None) -> Box | None:
-    pts = fine_points(prob, region)
-    if len(pts) == 0:
+    """The extent of `fine_points` (without listing them)."""
+    grid = _fine_grid(prob, region, UPSAMPLE)
+    if grid is None:
+        return None
+    inside, xs, ys = grid
+    cols, rows = np.flatnonzero(inside.any(axis=0)), np.flatnonzero(inside.any(axis=1))
+    if len(cols) == 0:
         return None
     half = 0.5 / UPSAMPLE
-    return Box(
-        float(pts[:, 0].min() - half),
-        float(pts[:, 0].max() + half),
-        float(pts[:, 1].min() - half),
-        float(pts[:, 1].max() + half),
-    )
+    x0, x1, y0, y1 = xs[cols[0]], xs[cols[-1]], ys[rows[0]], ys[rows[-1]]
+    return Box(float(x0 - half), float(x1 + half), float(y0 - half), float(y1 + half))
 
 
 def field_box(seg: Segmentation) -> Box | None:

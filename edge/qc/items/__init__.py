@@ -15,7 +15,7 @@ from edge.qc.item import ItemSpec
 from edge.qc.items import ap, coverage, exposure, lateral, oblique
 from edge.qc.measure import Context, Measurement, Spine
 from edge.qc.rules import Standard
-from edge.qc.segmentation import Segmentation, field_box
+from edge.qc.segmentation import Box, Segmentation
 
 FAMILIES: Final = (coverage, ap, lateral, oblique, exposure)
 ITEMS: Final[Mapping[str, ItemSpec]] = MappingProxyType(
@@ -23,9 +23,11 @@ ITEMS: Final[Mapping[str, ItemSpec]] = MappingProxyType(
 )
 
 
-def measure_all(seg: Segmentation, standard: Standard, ctx: Context) -> tuple[dict[str, Measurement], str]:
-    """Every item of the view's standard, or ({}, reason) when the image cannot be measured at all."""
-    field = field_box(seg)
+def measure_all(
+    seg: Segmentation, standard: Standard, ctx: Context, field: Box | None
+) -> tuple[dict[str, Measurement], str]:
+    """Every item of the view's standard, or ({}, reason) when the image cannot be measured at all.
+    `field` is the segmentation's field_box."""
     if field is None:
         return {}, "no exposed field found"
     spine = Spine(seg)
