@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -58,6 +58,15 @@ class Transform:
         out[..., 0] = (pts[..., 0] + 0.5 - self.offset_x) / self.scale_x - 0.5
         out[..., 1] = (pts[..., 1] + 0.5 - self.offset_y) / self.scale_y - 0.5
         return out
+
+    def network_pixels(
+        self, image_cols: NDArray[np.number[Any]], image_rows: NDArray[np.number[Any]]
+    ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        """The network pixel (nearest, clipped to the square) under each image column and each image row:
+        the lookup that maps a network-grid mask onto image pixels."""
+        cols = np.clip(np.rint((np.asarray(image_cols) + 0.5) * self.scale_x + self.offset_x - 0.5), 0, self.size - 1)
+        rows = np.clip(np.rint((np.asarray(image_rows) + 0.5) * self.scale_y + self.offset_y - 0.5), 0, self.size - 1)
+        return cols.astype(np.intp), rows.astype(np.intp)
 
     @property
     def valid(self) -> tuple[slice, slice]:

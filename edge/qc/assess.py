@@ -55,13 +55,8 @@ def clipped_fraction(radiograph: Radiograph, transform: Transform, anatomy: NDAr
     c1 = min(int(np.ceil(corners[1][0])), radiograph.shape[1] - 1)
     r1 = min(int(np.ceil(corners[1][1])), radiograph.shape[0] - 1)
     img_cols, img_rows = np.arange(c0, c1 + 1), np.arange(r0, r1 + 1)
-    net_cols = np.clip(
-        np.rint((img_cols + 0.5) * transform.scale_x + transform.offset_x - 0.5), 0, anatomy.shape[1] - 1
-    )
-    net_rows = np.clip(
-        np.rint((img_rows + 0.5) * transform.scale_y + transform.offset_y - 0.5), 0, anatomy.shape[0] - 1
-    )
-    inside = anatomy[np.ix_(net_rows.astype(int), net_cols.astype(int))]
+    net_cols, net_rows = transform.network_pixels(img_cols, img_rows)
+    inside = anatomy[np.ix_(net_rows, net_cols)]
     if not inside.any():
         return None
     return float(radiograph.clipped[r0 : r1 + 1, c0 : c1 + 1][inside].mean())

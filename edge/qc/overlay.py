@@ -64,10 +64,7 @@ def draw_overlay(radiograph: Radiograph, seg: Segmentation | None, verdict: Verd
 
     def net_coords(x: NDArray[np.float64], y: NDArray[np.float64]) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
         assert seg is not None
-        t = seg.transform
-        nx = np.clip(np.rint((x / scale + 0.5) * t.scale_x + t.offset_x - 0.5), 0, t.size - 1).astype(np.intp)
-        ny = np.clip(np.rint((y / scale + 0.5) * t.scale_y + t.offset_y - 0.5), 0, t.size - 1).astype(np.intp)
-        return nx, ny
+        return seg.transform.network_pixels(x / scale, y / scale)
 
     failed = {r.item for r in verdict.failed}
     if seg is not None:
