@@ -78,7 +78,7 @@ class Broker:
 
     def start(self) -> None:
         self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stderr=subprocess.DEVNULL)
-        if not wait_for(lambda: _accepts(self.port), timeout=10):
+        if not wait_for(lambda: accepts(self.port), timeout=10):
             raise RuntimeError("mosquitto did not start")
 
     def stop(self) -> None:
@@ -88,7 +88,8 @@ class Broker:
             self.process = None
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Something listens on this loopback TCP port."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
         return True

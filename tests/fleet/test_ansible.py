@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from edge.qc.structures import STRUCTURES
-from tools.testbed import Broker, VerdictSubscriber, free_port, wait_for
+from tools.testbed import Broker, VerdictSubscriber, accepts, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -351,7 +351,7 @@ def test_the_device_broker_stores_and_forwards_to_the_site_broker(staging: Stagi
 
     def device_broker() -> subprocess.Popen[bytes]:
         process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_for(lambda: _accepts(variables["edge_qc_mosquitto_port"]), timeout=10)
+        assert wait_for(lambda: accepts(variables["edge_qc_mosquitto_port"]), timeout=10)
         return process
 
     site.start()
@@ -391,13 +391,3 @@ def publish(port: int, payload: bytes) -> None:
     client.publish("edgeqc/h1/xr1/room1/verdict", payload, qos=1).wait_for_publish(timeout=10)
     client.disconnect()
     client.loop_stop()
-
-
-def _accepts(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
