@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from edge.config import Config
@@ -18,6 +19,25 @@ from tools.phantom.dataset import PhantomImage, SetOptions, generate_image, imag
 from tools.testbed import Broker, ToolMissingError
 
 DCMTK_DUMP = Path("/usr/bin/dcmdump")
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # pydicom's own test files
+# The QC item each phantom fault is meant to fail, per view ("*": every view that has the fault).
+TARGET = {
+    "rotation": {"ap": "rotation_spinous", "lateral": "rotation_double_margins"},
+    "tilt": {"ap": "axis_tilt", "lateral": "tilt_double_endplates"},
+    "pelvis_rotation": {"ap": "pelvis_rotation"},
+    "tube_angle": {"ap": "disc_spaces"},
+    "cut_top": {"*": "upper_coverage"},
+    "cut_bottom": {"*": "lower_coverage"},
+    "cut_lateral": {"ap": "lateral_coverage", "lateral": "front_back_coverage"},
+    "off_centre": {"*": "centring"},
+    "over_collimation": {"*": "collimation"},
+    "over_exposure": {"*": "exposure_index"},
+    "under_exposure": {"*": "exposure_index"},
+    "saturation": {"*": "clipping"},
+    "under_rotated": {"*": "obliquity"},
+    "over_rotated": {"*": "obliquity"},
+}
+
 DCMTK_TO_PNM = Path("/usr/bin/dcmj2pnm")
 DCMTK_JPEGLS_TO_PNM = Path("/usr/bin/dcml2pnm")
 DCIODVFY = Path("/usr/bin/dciodvfy")

@@ -14,13 +14,12 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
 from edge.dicom.decode import Rejection, decode, decode_file, read_dataset
-from tests.conftest import ideal_acquisition, render_case
+from tests.conftest import PYDICOM_FILES, ideal_acquisition, render_case
 from tools.phantom.dataset import image_dataset
 from tools.phantom.dicom_io import write_dicom
 
 pydicom_data = pytest.importorskip("data_store", reason="pydicom-data (pip install pydicom-data) holds the CR files")
 STORE = Path(pydicom_data.__file__).parent / "data"
-PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import TARGET
 from tools.phantom.acquisition import FAULTS, sample_acquisition
 from tools.phantom.dataset import SetOptions, generate_image, image_rng
 
-TARGET = {
-    "rotation": {"ap": "rotation_spinous", "lateral": "rotation_double_margins"},
-    "tilt": {"ap": "axis_tilt", "lateral": "tilt_double_endplates"},
-    "pelvis_rotation": {"ap": "pelvis_rotation"},
-    "tube_angle": {"ap": "disc_spaces"},
-    "cut_top": {"*": "upper_coverage"},
-    "cut_bottom": {"*": "lower_coverage"},
-    "cut_lateral": {"ap": "lateral_coverage", "lateral": "front_back_coverage"},
-    "off_centre": {"*": "centring"},
-    "over_collimation": {"*": "collimation"},
-    "over_exposure": {"*": "exposure_index"},
-    "under_exposure": {"*": "exposure_index"},
-    "saturation": {"*": "clipping"},
-    "under_rotated": {"*": "obliquity"},
-    "over_rotated": {"*": "obliquity"},
-}
 CASES = [(view, fault) for view, faults in FAULTS.items() for fault in faults]
 
 

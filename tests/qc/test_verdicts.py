@@ -11,7 +11,7 @@ import pytest
 
 from edge.pipeline import Pipeline
 from edge.qc.verdict import schema
-from tests.phantom.test_faults import TARGET
+from tests.conftest import TARGET
 from tests.qc.conftest import fault_case, judge_case
 from tools.phantom.acquisition import FAULTS
 from tools.phantom.dataset import PhantomImage, SetOptions, generate_image, image_dataset

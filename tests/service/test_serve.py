@@ -18,8 +18,7 @@ import pytest
 from edge.config import DEFAULT_MODEL
 from edge.publish.outbox import Outbox
 from edge.qc.verdict import schema
-from tests.conftest import require_tool
-from tests.dicom.test_decode import PYDICOM_FILES
+from tests.conftest import PYDICOM_FILES, require_tool
 from tests.qc.conftest import fault_case, write_case
 from tools.testbed import Broker, Daemon, VerdictSubscriber, send, site_config, store, wait_for
 
