@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from edge.qc.verdict import schema
+from tests.conftest import PYDICOM_FILES
 from tests.qc.conftest import fault_case, write_case
-
-PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
 def edge_qc(*args: str | Path) -> subprocess.CompletedProcess[str]:
