@@ -48,11 +48,11 @@ class ItemResult:
         return out
 
 
-def _compare(rule: ItemRule, value: float, detail: Mapping[str, object]) -> Outcome:
+def _compare(rule: ItemRule, value: float, m: Measurement) -> Outcome:
     spec = ITEMS[rule.item]
     limits = [rule.number(k) for k in spec.limits]
     if spec.comparison == "at_least":
-        ok = value >= limits[0] and not detail.get("cut", False)
+        ok = value >= limits[0] and not m.cut
     elif spec.comparison == "at_most":
         ok = value <= limits[0]
     elif spec.comparison == "abs_at_most":
@@ -95,7 +95,7 @@ def judge_item(m: Measurement, rule: ItemRule, view: View) -> ItemResult:
             "",
             m.detail,
         )
-    outcome = _compare(rule, m.value, m.detail)
+    outcome = _compare(rule, m.value, m)
     if outcome == "fail" and rule.severity == "warn":
         outcome = "warn"
     fix = correction(m, rule, view) if outcome != "pass" else ""

@@ -51,8 +51,9 @@ class Measurement:
     item: str
     value: float | None  # None: could not be measured (the judge calls the item indeterminate)
     unit: str
-    detail: dict[str, object] = field(default_factory=dict)
+    detail: dict[str, object] = field(default_factory=dict)  # for people and the payload; the judge never reads it
     reason: str = ""  # why the value is None
+    cut: bool = False  # the structure ends on the field edge: the item fails whatever its margin
 
 
 @dataclass(frozen=True)

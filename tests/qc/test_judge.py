@@ -10,12 +10,14 @@ STANDARD = load_standard()
 
 
 def result(view: str, item: str, value: float | None, **detail: object):  # type: ignore[no-untyped-def]
-    return judge_item(Measurement(item, value, "", dict(detail)), STANDARD.rule(view, item), view)  # type: ignore[arg-type]
+    measurement = Measurement(item, value, "", dict(detail), cut=bool(detail.get("cut", False)))
+    return judge_item(measurement, STANDARD.rule(view, item), view)  # type: ignore[arg-type]
 
 
 def test_coverage_fails_when_the_structure_touches_the_field_edge() -> None:
     assert result("ap", "upper_coverage", 12.0, cut=False, nearest_edge="top").outcome == "pass"
     assert result("ap", "upper_coverage", 4.0, cut=False, nearest_edge="top").outcome == "fail"
+    assert result("ap", "upper_coverage", 12.0, cut=True, nearest_edge="top").outcome == "fail"  # ends on the edge
     touching = result("ap", "lower_coverage", 0.3, cut=True, nearest_edge="bottom")
     assert touching.outcome == "fail" and "move the field down" in touching.correction
     missing = result("ap", "lower_coverage", float("-inf"), cut=True, missing=["si_joint_left"])

@@ -66,7 +66,9 @@ def _coverage_of(
     present = [n for n in names if seg.present(n)]
     missing = [n for n in names if n not in present]
     if missing:
-        return Measurement(item, float("-inf"), "mm", {"structures": list(names), "missing": missing, "cut": True})
+        return Measurement(
+            item, float("-inf"), "mm", {"structures": list(names), "missing": missing, "cut": True}, cut=True
+        )
     if spine is not None and len(names) == 1 and names[0].startswith("body_"):
         keep = "top" if item == "lower_coverage" else "bottom"
         box = fine_box(_plausible_body(seg, spine, names[0], keep))
@@ -76,7 +78,7 @@ def _coverage_of(
     edge = min(gaps, key=lambda k: gaps[k])
     cut = margin < to_mm(seg, EDGE_TOLERANCE_PX)
     return Measurement(
-        item, margin, "mm", {"structures": list(names), "margins_mm": gaps, "nearest_edge": edge, "cut": cut}
+        item, margin, "mm", {"structures": list(names), "margins_mm": gaps, "nearest_edge": edge, "cut": cut}, cut=cut
     )
 
 
@@ -89,11 +91,12 @@ def coverage(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
     if item == "lower_coverage":  # lateral: L5 and the L5/S1 disc with the top of the sacrum below it
         if not seg.present("sacrum") or "L5" not in spine.centres:
             missing = [n for n in ("body_L5", "sacrum") if not seg.present(n)]
-            return Measurement(item, float("-inf"), "mm", {"missing": missing, "cut": True})
+            return Measurement(item, float("-inf"), "mm", {"missing": missing, "cut": True}, cut=True)
         below_l5 = spine.band("L5", 0.0, 1.5)
         disc = np.where(below_l5, seg.prob("disc"), 0.0).astype(np.float32)
         union = np.maximum(seg.prob("body_L5"), disc)
         margin, gaps = _margin(seg, fine_box(union), field, "y")
+        cut = margin < to_mm(seg, EDGE_TOLERANCE_PX)
         return Measurement(
             item,
             margin,
@@ -102,8 +105,9 @@ def coverage(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
                 "structures": ["body_L5", "disc L5-S1", "sacrum"],
                 "margins_mm": gaps,
                 "nearest_edge": "bottom",
-                "cut": margin < to_mm(seg, EDGE_TOLERANCE_PX),
+                "cut": cut,
             },
+            cut=cut,
         )
     if item == "lateral_coverage":
         return _coverage_of(item, seg, ("transverse_process",), field, "x")
