@@ -94,14 +94,14 @@ def _fine_grid(
         single = np.zeros((1, 1), dtype=bool)
         single[0, 0] = True
         return single, cols[[0]].astype(np.float64), rows[[0]].astype(np.float64)
-    window = prob[r0 : r1 + 1, c0 : c1 + 1].astype(np.float64)
+    window = prob[r0 : r1 + 1, c0 : c1 + 1].astype(np.float32)  # float32: probabilities need no more
     if region is not None:
-        window = np.where(region[r0 : r1 + 1, c0 : c1 + 1], window, 0.0)
+        window = np.where(region[r0 : r1 + 1, c0 : c1 + 1], window, np.float32(0.0))
     ys = np.arange(r0, r1 + 1e-9, 1.0 / factor)
     xs = np.arange(c0, c1 + 1e-9, 1.0 / factor)
     fy, fx = ys - r0, xs - c0
     iy, ix = np.minimum(fy.astype(int), window.shape[0] - 2), np.minimum(fx.astype(int), window.shape[1] - 2)
-    ty, tx = (fy - iy)[:, None], (fx - ix)[None, :]
+    ty, tx = (fy - iy).astype(np.float32)[:, None], (fx - ix).astype(np.float32)[None, :]
     # separable: interpolate between rows first (factor x fewer products than four corner gathers)
     between_rows = window[iy] * (1 - ty) + window[iy + 1] * ty
     fine = between_rows[:, ix] * (1 - tx) + between_rows[:, ix + 1] * tx
