@@ -57,9 +57,10 @@ def clipped_fraction(radiograph: Radiograph, transform: Transform, anatomy: NDAr
     img_cols, img_rows = np.arange(c0, c1 + 1), np.arange(r0, r1 + 1)
     net_cols, net_rows = transform.network_pixels(img_cols, img_rows)
     inside = anatomy[np.ix_(net_rows, net_cols)]
-    if not inside.any():
+    count = np.count_nonzero(inside)
+    if count == 0:
         return None
-    return float(radiograph.clipped[r0 : r1 + 1, c0 : c1 + 1][inside].mean())
+    return np.count_nonzero(radiograph.clipped[r0 : r1 + 1, c0 : c1 + 1] & inside) / count
 
 
 def view_info(radiograph: Radiograph, view_probabilities: NDArray[np.float32]) -> ViewInfo:

@@ -72,11 +72,13 @@ class Segmentation:
         mask = p > THRESHOLD
         if within is not None:
             mask = mask & within
-        if mask.sum() < 2:
+        if np.count_nonzero(mask) < 2:
             return None
-        rows, cols = np.nonzero(mask)
-        w = p[rows, cols].astype(np.float64)
-        return np.array([float(np.average(cols, weights=w)), float(np.average(rows, weights=w))])
+        weights = np.where(mask, p, np.float32(0.0)).astype(np.float64)  # projections: no pixel lists
+        total = float(weights.sum())
+        x = float(weights.sum(axis=0) @ np.arange(weights.shape[1], dtype=np.float64)) / total
+        y = float(weights.sum(axis=1) @ np.arange(weights.shape[0], dtype=np.float64)) / total
+        return np.array([x, y])
 
 
 def _fine_grid(
