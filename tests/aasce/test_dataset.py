@@ -23,6 +23,8 @@ from tools.aasce.dataset import (
 )
 from tools.aasce.targets import BODY_CHANNELS, DISC_CHANNEL, film_targets, truth_quads
 from tools.evaluate_real.metrics import Grid, score_film
+from tools.evaluate_real.report import summarise
+from tools.evaluate_real.run import FilmResult
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "aasce"
 READ_BY_EYE = "sunhl-1th-09-Jan-2017-197 A AP.jpg"
@@ -130,3 +132,7 @@ def test_a_mask_one_level_off_is_found_but_at_the_wrong_level() -> None:
     l3 = score.levels["L3"]
     assert l3.found and not l3.level_right and l3.best_level == "L4"
     assert l3.dice < 0.05 and l3.centroid_error > 1.0
+    assert l3.shift == 1 and score.whole_shift(("L1", "L2", "L3", "L4")) == 1  # the spine counted one too low
+    verdict = {"verdict": "fail", "reason_code": "", "failed_items": []}
+    summary = summarise([FilmResult(film, crop, score, verdict, shifted, transform)])
+    assert summary["level_shifts"]["one level too low"] >= 4 and summary["films_shifted_whole"] == {"+1": 1}

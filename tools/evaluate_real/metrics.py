@@ -130,10 +130,24 @@ class LevelScore:
     def level_right(self) -> bool:
         return self.best_dice > 0 and self.best_level == self.level
 
+    @property
+    def shift(self) -> int | None:
+        """Levels between the channel that found this body and the body's own (+1: the body was named
+        one level lower, L3 called L4; -1: one higher); None when the body was not found."""
+        if not self.found:
+            return None
+        return VERTEBRAL_LEVELS.index(self.best_level) - VERTEBRAL_LEVELS.index(self.level)
+
 
 @dataclass
 class FilmScore:
     levels: dict[str, LevelScore] = field(default_factory=dict)
+
+    def whole_shift(self, levels: tuple[str, ...]) -> int | None:
+        """The shift every found level of `levels` shares (a whole spine counted from the wrong
+        vertebra); None when they differ or none was found."""
+        shifts = {s for lv in levels if lv in self.levels and (s := self.levels[lv].shift) is not None}
+        return shifts.pop() if len(shifts) == 1 else None
 
     def all_right(self, levels: tuple[str, ...]) -> bool | None:
         """All of `levels` scored and right; None when not all of them were scored on this crop."""

@@ -60,10 +60,25 @@ def summarise(results: list[FilmResult]) -> dict[str, Any]:
         "centroid_error_median": float(np.median([s.centroid_error for s in lumbar])) if lumbar else None,
         "tilt_error_median_deg": float(np.median(tilts)) if tilts else None,
         "tilt_measured": len(tilts),
+        "level_shifts": _shift_counts([s.shift for s in lumbar]),
+        "films_shifted_whole": dict(
+            Counter(
+                f"{w:+d}"
+                for r in results
+                if (w := r.score.whole_shift(LUMBAR_LEVELS)) is not None and w != 0
+            )
+        ),
         "per_level": per_level,
         "verdicts": dict(verdicts),
         "verdict_reasons": dict(reasons.most_common(8)),
     }
+
+
+def _shift_counts(shifts: list[int | None]) -> dict[str, int]:
+    """How the L1-L5 bodies were named: right, one too high/low, further off, or not found."""
+    names = {0: "right", -1: "one level too high", 1: "one level too low"}
+    counts = Counter("not found" if s is None else names.get(s, "two or more off") for s in shifts)
+    return {name: counts.get(name, 0) for name in (*names.values(), "two or more off", "not found")}
 
 
 def _fmt(value: float | None, percent: bool = False) -> str:
@@ -92,6 +107,16 @@ def format_table(crop: str, labels: list[str], summaries: list[dict[str, Any]], 
             "<= 0.10",
         ),
         ("endplate tilt error, median (degrees)", [_fmt(s["tilt_error_median_deg"]) for s in summaries], ""),
+        (
+            "L1-L5 named right / 1 high / 1 low / 2+ off / missed",
+            ["/".join(str(v) for v in s["level_shifts"].values()) for s in summaries],
+            "",
+        ),
+        (
+            "films counted whole from the wrong level",
+            [", ".join(f"{k}: {v}" for k, v in sorted(s["films_shifted_whole"].items())) or "0" for s in summaries],
+            "",
+        ),
     ]
     for level in VERTEBRAL_LEVELS:
         rows.append(
