@@ -194,19 +194,18 @@ class ReloadingPipeline:
         if superseded is not None:
             superseded.close()
 
-    def swap(self) -> bool:
+    def swap(self) -> None:
         """On the inference thread, between two images: put a prepared version in service (and close the
-        old one). True when the serving version changed."""
+        old one)."""
         with self._lock:
             candidate, self._pending = self._pending, None
         if candidate is None:
-            return False
+            return
         old, self._pipeline = self._pipeline, candidate
         try:
             old.close()
         except Exception:  # the new version serves either way; a backend that will not close is only logged
             log.exception("closing the previous version %s failed", old.manifest.label)
-        return True
 
     def check_activation(self) -> None:
         """Follow the pointer now: swap in what the watcher prepared, or (with no watcher) load it here."""

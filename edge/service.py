@@ -25,7 +25,7 @@ from edge.dicom.scp import StorageScp
 from edge.dicom.spool import Arrival, Spool
 from edge.observability import Metrics, MetricsServer
 from edge.pipeline import ReloadingPipeline
-from edge.publish.message import Origin, message_id, verdict_message
+from edge.publish.message import message_id, verdict_message
 from edge.publish.mqtt import Publisher
 from edge.publish.outbox import Message, Outbox
 from edge.qc.verdict import Verdict
@@ -40,7 +40,6 @@ class Service:
         self.config = config
         mqtt = config.mqtt
         self.topic = mqtt.verdict_topic
-        self.origin = Origin(mqtt.site, mqtt.room, mqtt.device)
         self.spool = Spool(config.service.spool_dir)
         self.failed_dir = config.service.spool_dir / "failed"
         self.outbox = Outbox(config.service.outbox_path)
@@ -122,12 +121,11 @@ class Service:
         identifier = message_id(self.config.mqtt.device, arrival.entry.stem)
         payload = verdict_message(
             verdict=verdict,
-            origin=self.origin,
+            mqtt=self.config.mqtt,
             message_id=identifier,
             received_unix=arrival.received_unix,
             stage_seconds=arrival.seconds,
             probe=arrival.probe,
-            send_uids=self.config.mqtt.send_uids,
         )
         return identifier, payload
 

@@ -98,8 +98,8 @@ def accepts(port: int) -> bool:
 
 
 class VerdictSubscriber:
-    """Collects every message on a topic filter (with its arrival time), resubscribing after a broker
-    restart; `on_message` sees each one as it arrives (the demo prints them)."""
+    """Collects every message on a topic filter, resubscribing after a broker restart; `on_message`
+    sees each one as it arrives (the demo prints them, the e2e benchmark times them)."""
 
     def __init__(
         self,
@@ -110,15 +110,13 @@ class VerdictSubscriber:
         client_id: str = "test-subscriber",
     ) -> None:
         """`persistent_session`: the broker keeps what arrives while this subscriber is away (QoS 1)."""
-        self.messages: list[tuple[str, bytes, bool, float]] = []  # topic, payload, retained, perf_counter()
+        self.messages: list[tuple[str, bytes, bool]] = []  # topic, payload, retained
         self.lock = threading.Lock()
-        self.subscribed = threading.Event()
         self._callback = on_message
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent_session
         )
         self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
         self.client.connect_async("127.0.0.1", port)
@@ -126,18 +124,13 @@ class VerdictSubscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         with self.lock:
-            self.messages.append((message.topic, bytes(message.payload), bool(message.retain), time.perf_counter()))
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
         if self._callback is not None:
             self._callback(message.topic, json.loads(message.payload))
 
     def payloads(self, topic_part: str) -> list[dict[str, Any]]:
         with self.lock:
-            return [json.loads(p) for t, p, _, _ in self.messages if topic_part in t]
-
-    def arrivals(self, topic_part: str) -> list[tuple[float, dict[str, Any]]]:
-        """(perf_counter() at arrival, payload) of each message whose topic contains `topic_part`."""
-        with self.lock:
-            return [(at, json.loads(p)) for t, p, _, at in self.messages if topic_part in t]
+            return [json.loads(p) for t, p, _ in self.messages if topic_part in t]
 
     def close(self) -> None:
         self.client.disconnect()

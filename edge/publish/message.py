@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
+
+from edge.config import MqttConfig
 
 PAYLOAD_SCHEMA: Final = "edge-qc/verdict-message/1"
 
@@ -27,39 +28,30 @@ def message_id(device: str, spool_name: str) -> str:
     return f"{device}-{spool_name}"
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a verdict comes from (topic-level names, never a patient's)."""
-
-    site: str
-    room: str
-    device: str
-
-
 def verdict_message(
     *,
     verdict: Mapping[str, Any],
-    origin: Origin,
+    mqtt: MqttConfig,
     message_id: str,
     received_unix: float,
     stage_seconds: Mapping[str, float],
     probe: bool,
-    send_uids: bool,
 ) -> bytes:
-    """The payload: the verdict, where it comes from, when its first byte arrived and how long
-    receiving, spooling and waiting took (the verdict's own timings cover decode to judge). `verdict`
-    is `Verdict.as_dict()`, which is a fresh copy, so changing it here leaves the Verdict alone."""
+    """The payload: the verdict, where it comes from (the site's topic-level names, never a patient's),
+    when its first byte arrived and how long receiving, spooling and waiting took (the verdict's own
+    timings cover decode to judge). `verdict` is `Verdict.as_dict()`, a fresh copy; it is copied again
+    here, so the caller's document and the Verdict stay as they are."""
     document = dict(verdict)
     image = dict(document.get("image") or {})
-    if not send_uids:
+    if not mqtt.send_uids:
         image["sop_instance_uid"] = hashed_uid(str(image.get("sop_instance_uid", "")))
     document["image"] = image
     payload = {
         "schema": PAYLOAD_SCHEMA,
         "message_id": message_id,
-        "site": origin.site,
-        "room": origin.room,
-        "device": origin.device,
+        "site": mqtt.site,
+        "room": mqtt.room,
+        "device": mqtt.device,
         "received_unix": received_unix,
         "timings_ms": {stage: round(seconds * 1000, 1) for stage, seconds in stage_seconds.items()},
         "probe": probe,  # a health probe's image (edge-qc probe), not a patient's: displays ignore it

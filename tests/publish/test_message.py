@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.config import MqttConfig
 from edge.pipeline import Pipeline
-from edge.publish.message import PAYLOAD_SCHEMA, Origin, hashed_uid, message_id, verdict_message
+from edge.publish.message import PAYLOAD_SCHEMA, hashed_uid, message_id, verdict_message
 from tests.qc.conftest import fault_case, judge_case
 
 
@@ -18,15 +19,15 @@ def test_building_the_payload_leaves_the_verdict_unchanged(pipeline: Pipeline, t
     before = verdict.as_dict()
     payload = verdict_message(
         verdict=verdict.as_dict(),
-        origin=Origin("h1", "xr2", "jetson7"),
+        mqtt=MqttConfig(site="h1", room="xr2", device="jetson7"),
         message_id=message_id("jetson7", "0001-000001"),
         received_unix=1_700_000_000.0,
         stage_seconds={"receive": 0.0291, "spool": 0.015},
         probe=False,
-        send_uids=False,
     )
     document = json.loads(payload)
     assert document["schema"] == PAYLOAD_SCHEMA and document["message_id"] == "jetson7-0001-000001"
+    assert (document["site"], document["room"], document["device"]) == ("h1", "xr2", "jetson7")
     assert document["verdict"]["image"]["sop_instance_uid"] == hashed_uid(uid) != uid
     assert document["timings_ms"] == {"receive": 29.1, "spool": 15.0}
     assert uid.startswith("2.25.") and verdict.image["sop_instance_uid"] == uid
@@ -43,17 +44,15 @@ def test_building_the_payload_leaves_the_verdict_unchanged(pipeline: Pipeline, t
 
 def test_uids_are_sent_only_when_the_site_asks() -> None:
     document = {"verdict": "pass", "image": {"sop_instance_uid": "1.2.3"}}
-    origin = Origin("s", "r", "d")
     sent = [
         json.loads(
             verdict_message(
                 verdict=document,
-                origin=origin,
+                mqtt=MqttConfig(site="s", room="r", device="d", send_uids=send),
                 message_id="d-1",
                 received_unix=0.0,
                 stage_seconds={},
                 probe=False,
-                send_uids=send,
             )
         )["verdict"]["image"]["sop_instance_uid"]
         for send in (False, True)

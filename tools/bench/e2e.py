@@ -128,7 +128,7 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
             sub.close()
             broker.stop()
         stages: dict[str, list[float]] = {}
-        for _, payload in sub.arrivals("/verdict"):  # receive, spool, queue; then decode .. judge
+        for payload in sub.payloads("/verdict"):  # receive, spool, queue; then decode .. judge
             for stage, ms in {**payload["timings_ms"], **payload["verdict"]["timings_ms"]}.items():
                 stages.setdefault(stage, []).append(ms)
     floors = statistics.median(transfer) + statistics.median(model)
