@@ -224,7 +224,7 @@ def _tls_files(dicom: DicomConfig, where: str, base: Path) -> DicomConfig:
     return dataclasses.replace(dicom, **resolved)
 
 
-def _secret(section: str, key: str, value: str, environ: Mapping[str, str]) -> str:
+def _secret(section: str, key: str, value: str, environ: Mapping[str, str], where: str) -> str:
     """The TOML's value, else the systemd credential `section.key`, else the environment variable."""
     if value:
         return value
@@ -232,12 +232,15 @@ def _secret(section: str, key: str, value: str, environ: Mapping[str, str]) -> s
     if credentials:
         path = Path(credentials) / f"{section}.{key}"
         if path.is_file():
-            return path.read_text("utf-8").rstrip("\r\n")
+            try:
+                return path.read_text("utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{where}: '{section}.{key}': cannot read the credential {path} ({exc})") from exc
     return environ.get(SECRETS[(section, key)], "")
 
 
-def _with_secrets(section: Any, name: str, environ: Mapping[str, str]) -> Any:
-    found = {key: _secret(name, key, getattr(section, key), environ) for (sec, key) in SECRETS if sec == name}
+def _with_secrets(section: Any, name: str, environ: Mapping[str, str], where: str) -> Any:
+    found = {key: _secret(name, key, getattr(section, key), environ, where) for (sec, key) in SECRETS if sec == name}
     return dataclasses.replace(section, **found)
 
 
@@ -300,8 +303,8 @@ def parse_config(
         raise ConfigError(f"{where}: 'dicom.ae_title' must be 1 to 16 characters, got {dicom.ae_title!r}")
     if dicom.port > 65535:
         raise ConfigError(f"{where}: 'dicom.port' must be a TCP port (1..65535), got {dicom.port}")
-    dicom = _with_secrets(_tls_files(dicom, where, base), "dicom", environ)
-    mqtt = _with_secrets(_typed_section(data, "mqtt", MqttConfig, where, base), "mqtt", environ)
+    dicom = _with_secrets(_tls_files(dicom, where, base), "dicom", environ, where)
+    mqtt = _with_secrets(_typed_section(data, "mqtt", MqttConfig, where, base), "mqtt", environ, where)
     if mqtt.port > 65535:
         raise ConfigError(f"{where}: 'mqtt.port' must be a TCP port (1..65535), got {mqtt.port}")
     for key in ("topic", "status_topic"):

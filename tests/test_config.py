@@ -127,3 +127,6 @@ def test_secrets_come_from_systemd_credentials_or_the_environment(tmp_path: Path
     assert parse_config({}, environ={"EDGEQC_MQTT_PASSWORD": "e"}).mqtt.password == "e"
     assert parse_config({"mqtt": {"password": "toml"}}, environ=environ).mqtt.password == "toml"
     assert parse_config({}, environ={}).mqtt.password == ""
+    (credentials / "mqtt.keyfile_password").write_bytes(b"\xff\xfe not text")
+    with pytest.raises(ConfigError, match=r"site.toml: 'mqtt.keyfile_password': cannot read the credential"):
+        parse_config({}, "site.toml", environ=environ)
