@@ -81,7 +81,8 @@ def nominal_radiograph(image: NDArray[np.float32]) -> Radiograph:
         pixels=pixels,
         pixel_spacing_mm=(NOMINAL_MM_PER_PX, NOMINAL_MM_PER_PX),
         spacing_source="PixelSpacing",
-        clipped=np.zeros(pixels.shape, dtype=bool),
+        stored=np.broadcast_to(np.uint16(1), pixels.shape),  # mid-range: nothing clipped
+        stored_range=(0, 65535),
         view_position="",
         view_from_tags=None,
         oblique_side_from_tags=None,

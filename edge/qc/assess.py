@@ -29,6 +29,8 @@ VIEW_CONFIDENCE: Final = 0.8
 # Without any pixel spacing, millimetres come from the anatomy: adult lumbar vertebrae repeat every
 # ~35 mm (body 25-28 mm plus disc 8-11 mm), to within about 15 %.
 LUMBAR_SEGMENT_MM: Final = 35.0
+# Detector clipping is counted on image pixels this many times finer than the network grid per axis.
+CLIPPING_SAMPLES_PER_NETWORK_PX: Final = 2
 
 
 @dataclass(frozen=True)
@@ -42,25 +44,26 @@ class Assessment:
 
 
 def clipped_fraction(radiograph: Radiograph, transform: Transform, anatomy: NDArray[np.bool_]) -> float | None:
-    """Share of the anatomy's image pixels at the detector's limits. The network-grid anatomy mask is
-    mapped onto the image inside its bounding box only (nearest neighbour), so a 2,500-pixel image
-    costs a few milliseconds."""
+    """Share of the anatomy's image pixels at the detector's limits, counted on image pixels sampled
+    CLIPPING_SAMPLES_PER_NETWORK_PX times per network pixel along each axis inside the anatomy's
+    bounding box (nearest network pixel): finer than the masks it is counted under, and a 2,500-pixel
+    image costs a fraction of a millisecond instead of a pass over millions of pixels."""
     if not anatomy.any():
         return None
-    if not radiograph.clipped.any():
-        return 0.0
     rows, cols = np.flatnonzero(anatomy.any(axis=1)), np.flatnonzero(anatomy.any(axis=0))
     corners = transform.to_image(np.array([[cols[0] - 0.5, rows[0] - 0.5], [cols[-1] + 0.5, rows[-1] + 0.5]]))
     c0, r0 = (max(int(np.floor(v)), 0) for v in corners[0])
     c1 = min(int(np.ceil(corners[1][0])), radiograph.shape[1] - 1)
     r1 = min(int(np.ceil(corners[1][1])), radiograph.shape[0] - 1)
-    img_cols, img_rows = np.arange(c0, c1 + 1), np.arange(r0, r1 + 1)
+    step = max(1, int(1.0 / (CLIPPING_SAMPLES_PER_NETWORK_PX * max(transform.scale_x, transform.scale_y))))
+    img_cols, img_rows = np.arange(c0, c1 + 1, step), np.arange(r0, r1 + 1, step)
     net_cols, net_rows = transform.network_pixels(img_cols, img_rows)
     inside = anatomy[np.ix_(net_rows, net_cols)]
     count = np.count_nonzero(inside)
     if count == 0:
         return None
-    return np.count_nonzero(radiograph.clipped[r0 : r1 + 1, c0 : c1 + 1] & inside) / count
+    clipped = radiograph.clipped(slice(r0, r1 + 1, step), slice(c0, c1 + 1, step))
+    return np.count_nonzero(clipped & inside) / count
 
 
 def view_info(radiograph: Radiograph, view_probabilities: NDArray[np.float32]) -> ViewInfo:

@@ -8,7 +8,8 @@ is about 1.5 mm and several QC thresholds are a few millimetres.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -53,31 +54,67 @@ class Segmentation:
     view_probabilities: F32  # VIEW_CLASSES order
     transform: Transform
     mm_per_px: float  # millimetres (spine plane) per network pixel
+    # each structure's thresholded mask inside its bounding box, found once: one image asks for the
+    # same structure dozens of times, and most structures cover a small part of the square
+    _extents: dict[str, tuple[NDArray[np.bool_], slice, slice] | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _unions: dict[tuple[str, ...], F32] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _union_boxes: dict[tuple[str, ...], Box | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def prob(self, name: str) -> F32:
         return np.asarray(self.probabilities[STRUCTURES.index(name)], dtype=np.float32)
 
     def union(self, names: tuple[str, ...] | list[str]) -> F32:
-        return np.asarray(np.max(np.stack([self.prob(n) for n in names]), axis=0), dtype=np.float32)
+        """The structures' combined probability (read-only; found once per image and set of names)."""
+        key = tuple(names)
+        if key not in self._unions:
+            union = np.asarray(np.max(np.stack([self.prob(n) for n in key]), axis=0), dtype=np.float32)
+            union.flags.writeable = False
+            self._unions[key] = union
+        return self._unions[key]
+
+    def union_box(self, names: tuple[str, ...] | list[str]) -> Box | None:
+        """`fine_box` of the union: the extent that coverage, centring and collimation all measure."""
+        key = tuple(names)
+        if key not in self._union_boxes:
+            self._union_boxes[key] = fine_box(self.union(key))
+        return self._union_boxes[key]
+
+    def extent(self, name: str) -> tuple[NDArray[np.bool_], slice, slice] | None:
+        """The structure's mask cut to its bounding box, and the box's rows and columns; None if empty."""
+        if name not in self._extents:
+            mask = self.prob(name) > THRESHOLD
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            if len(rows) == 0:
+                self._extents[name] = None
+            else:
+                box = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+                self._extents[name] = (mask[box], *box)
+        return self._extents[name]
 
     def area(self, name: str) -> float:
-        return float((self.prob(name) > THRESHOLD).sum())
+        found = self.extent(name)
+        return 0.0 if found is None else float(np.count_nonzero(found[0]))
 
     def present(self, name: str) -> bool:
         return self.area(name) >= MIN_AREA_PX
 
     def centroid(self, name: str, within: NDArray[np.bool_] | None = None) -> F64 | None:
         """Probability-weighted centre of the mask (optionally inside a region), or None if absent."""
-        p = self.prob(name)
-        mask = p > THRESHOLD
+        found = self.extent(name)
+        if found is None:
+            return None
+        mask, rows, cols = found
         if within is not None:
-            mask = mask & within
+            mask = mask & within[rows, cols]
         if np.count_nonzero(mask) < 2:
             return None
+        p = self.probabilities[STRUCTURES.index(name)][rows, cols]
         weights = np.where(mask, p, np.float32(0.0)).astype(np.float64)  # projections: no pixel lists
         total = float(weights.sum())
-        x = float(weights.sum(axis=0) @ np.arange(weights.shape[1], dtype=np.float64)) / total
-        y = float(weights.sum(axis=1) @ np.arange(weights.shape[0], dtype=np.float64)) / total
+        x = float(weights.sum(axis=0) @ np.arange(cols.start, cols.stop, dtype=np.float64)) / total
+        y = float(weights.sum(axis=1) @ np.arange(rows.start, rows.stop, dtype=np.float64)) / total
         return np.array([x, y])
 
 
@@ -101,13 +138,28 @@ def _fine_grid(
         window = np.where(region[r0 : r1 + 1, c0 : c1 + 1], window, np.float32(0.0))
     ys = np.arange(r0, r1 + 1e-9, 1.0 / factor)
     xs = np.arange(c0, c1 + 1e-9, 1.0 / factor)
-    fy, fx = ys - r0, xs - c0
-    iy, ix = np.minimum(fy.astype(int), window.shape[0] - 2), np.minimum(fx.astype(int), window.shape[1] - 2)
-    ty, tx = (fy - iy).astype(np.float32)[:, None], (fx - ix).astype(np.float32)[None, :]
     # separable: interpolate between rows first (factor x fewer products than four corner gathers)
-    between_rows = window[iy] * (1 - ty) + window[iy + 1] * ty
-    fine = between_rows[:, ix] * (1 - tx) + between_rows[:, ix + 1] * tx
+    fine = _refine(_refine(window, factor, axis=0), factor, axis=1)
     return fine > THRESHOLD, xs, ys
+
+
+def _refine(window: F32, factor: int, axis: int) -> F32:
+    """Linear interpolation at 1/factor steps along `axis`, ends included: (n - 1) * factor + 1 samples,
+    each interval's `factor` samples computed together (broadcast, no gather)."""
+    t = _steps(factor)
+    moved = (window if axis == 0 else window.T)[:, None, :]
+    out = np.empty(((moved.shape[0] - 1) * factor + 1, moved.shape[-1]), dtype=np.float32)
+    out[:-1] = (moved[:-1] * (1 - t) + moved[1:] * t).reshape(-1, moved.shape[-1])
+    out[-1] = moved[-1, 0]  # the last interval's end
+    return out if axis == 0 else out.T
+
+
+@functools.lru_cache(maxsize=8)
+def _steps(factor: int) -> F32:
+    """The interpolation weights within one interval: 0, 1/factor, ... (shaped to broadcast)."""
+    steps = (np.arange(factor, dtype=np.float32) / np.float32(factor)).reshape((1, factor, 1))
+    steps.flags.writeable = False
+    return steps
 
 
 def fine_points(prob: F32, region: NDArray[np.bool_] | None = None, factor: int = UPSAMPLE) -> F64:
@@ -118,7 +170,9 @@ def fine_points(prob: F32, region: NDArray[np.bool_] | None = None, factor: int 
         return np.zeros((0, 2))
     inside, xs, ys = grid
     yy, xx = np.nonzero(inside)
-    return np.stack([xs[xx], ys[yy]], axis=1)
+    points = np.empty((len(xx), 2))
+    points[:, 0], points[:, 1] = xs[xx], ys[yy]
+    return points
 
 
 def fine_box(prob: F32, region: NDArray[np.bool_] | None = None) -> Box | None:

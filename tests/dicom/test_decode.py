@@ -193,3 +193,71 @@ def test_missing_pixel_data_and_non_dicom_bytes(phantom: Path, tmp_path: Path) -
     truncated.write_bytes(phantom.read_bytes()[:4000])
     with pytest.raises(Rejection):
         decode_file(truncated)
+
+
+def _table_display(ds: Dataset) -> np.ndarray:
+    """The display by looking every pixel up in the display table: the reference for the fast path."""
+    from edge.dicom.decode import _display_table
+
+    stored = ds.pixel_array
+    lo, hi = int(stored.min()), int(stored.max())
+    return np.asarray(_display_table(ds, 0, hi, (lo, hi))[stored])
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_a_window_computed_by_arithmetic_equals_the_table(phantom: Path, function: str) -> None:
+    from edge.dicom.decode import LINEAR_RAMP_TOLERANCE, _display_table, _linear_ramp
+
+    ds = pydicom.dcmread(phantom)
+    low, mid, high = np.percentile(ds.pixel_array, [20, 50, 80])
+    ds.VOILUTFunction, ds.WindowCenter, ds.WindowWidth = function, int(mid), int(high - low)  # clips both ends
+    stored = ds.pixel_array
+    table = _display_table(ds, 0, int(stored.max()), (int(stored.min()), int(stored.max())))
+    assert (_linear_ramp(table) is None) == (function == "SIGMOID")  # a sigmoid keeps the table
+    shown = decode(ds).pixels
+    assert np.abs(shown - _table_display(ds)).max() <= LINEAR_RAMP_TOLERANCE
+    if function != "SIGMOID":
+        assert 0.2 < float((shown == 0.0).mean() + (shown == 1.0).mean()) < 0.8
+
+
+def test_bits_above_bits_stored_are_ignored_and_clean_data_is_not_copied(phantom: Path) -> None:
+    ds = pydicom.dcmread(phantom)
+    ds.PixelData = (ds.pixel_array >> 2).astype(np.uint16).tobytes()
+    ds.BitsStored, ds.HighBit = 14, 13
+    clean = decode(ds)
+    assert not clean.stored.flags.writeable  # a view on the received bytes
+    arr = ds.pixel_array.copy()
+    arr[::7] |= np.uint16(1 << 15)  # an overlay written into the unused top bit
+    ds.PixelData = arr.tobytes()
+    dirty = decode(ds)
+    assert np.array_equal(dirty.stored, clean.stored)
+    assert np.abs(dirty.pixels - clean.pixels).max() < 1e-6
+
+
+def test_signed_values_are_sign_extended_from_bits_stored() -> None:
+    from edge.dicom.decode import _within_bits_stored
+
+    values = np.array([[-3, 5], [-2048, 2047]], dtype=np.int16)
+    raw = values.view(np.uint16) & np.uint16(0x0FFF)  # 12 bits stored, top bits zero as some writers leave them
+    assert np.array_equal(_within_bits_stored(raw.view(np.int16), 12), values)
+    assert _within_bits_stored(values, 12) is values  # already sign-extended: kept as it is
+
+
+def test_detector_clipping_is_found_per_region_on_square_and_resampled_pixels(phantom: Path) -> None:
+    ds = pydicom.dcmread(phantom)
+    arr = ds.pixel_array.copy()
+    top = 2**ds.BitsStored - 1
+    arr[100:140, 200:260] = top  # saturated
+    arr[300:310, 10:20] = 0  # starved
+    ds.PixelData = arr.tobytes()
+    r = decode(ds)
+    whole = r.clipped(slice(None), slice(None))
+    assert whole.shape == r.pixels.shape
+    assert np.count_nonzero(whole[100:140, 200:260]) == 40 * 60 and np.count_nonzero(whole[300:310, 10:20]) == 100
+    assert np.count_nonzero(r.clipped(slice(100, 140, 2), slice(200, 260, 2))) == 20 * 30
+    row_mm = float(ds.PixelSpacing[0])
+    ds.PixelSpacing = [row_mm, 2 * row_mm]  # columns twice as wide: resampled to twice as many
+    wide = decode(ds)
+    assert wide.resampled_to_square
+    assert np.count_nonzero(wide.clipped(slice(100, 140), slice(400, 520))) == 40 * 120
+    assert not wide.clipped(slice(100, 140), slice(520, 600)).any()

@@ -92,3 +92,14 @@ def test_spacing_falls_back_to_imager_spacing_then_unknown(tmp_path: Path) -> No
     del ds.ImagerPixelSpacing
     r = decode(ds)
     assert r.spacing_source == "unknown" and r.pixel_spacing_mm is None
+
+
+@pytest.mark.parametrize(("n_in", "n_out", "axis"), [(2500, 256, 0), (2500, 256, 1), (3001, 205, 0), (300, 256, 0)])
+def test_area_average_equals_the_weight_matrix_product(n_in: int, n_out: int, axis: int) -> None:
+    from edge.imaging.preprocess import _area_weights, area_average
+
+    rng = np.random.default_rng(3)
+    image = rng.random((n_in, 37) if axis == 0 else (37, n_in), dtype=np.float32)
+    weights = _area_weights(n_in, n_out).astype(np.float64)
+    reference = weights @ image if axis == 0 else image @ weights.T
+    assert np.abs(area_average(image, n_out, axis) - reference).max() < 1e-5

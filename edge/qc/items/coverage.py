@@ -73,7 +73,7 @@ def _coverage_of(
         keep = "top" if item == "lower_coverage" else "bottom"
         box = fine_box(_plausible_body(seg, spine, names[0], keep))
     else:
-        box = fine_box(seg.union(list(names)))
+        box = seg.union_box(names)
     margin, gaps = _margin(seg, box, field, sides)
     edge = min(gaps, key=lambda k: gaps[k])
     cut = margin < to_mm(seg, EDGE_TOLERANCE_PX)
@@ -117,7 +117,7 @@ def coverage(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
 
 
 def centring(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
-    box = fine_box(seg.union(list(REQUIRED_STRUCTURES[ctx.view])))
+    box = seg.union_box(REQUIRED_STRUCTURES[ctx.view])
     if box is None:
         return Measurement("centring", None, "fraction", reason="anatomy not found")
     (cx, cy), (fx, fy) = box.centre, field.centre
@@ -131,7 +131,7 @@ def centring(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
 
 
 def collimation(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
-    box = fine_box(seg.union(list(REQUIRED_STRUCTURES[ctx.view])))
+    box = seg.union_box(REQUIRED_STRUCTURES[ctx.view])
     if box is None:
         return Measurement("collimation", None, "ratio", reason="anatomy not found")
     margin = rule.number("margin_mm") / seg.mm_per_px
