@@ -57,23 +57,6 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
         files = [studies[i % len(studies)] for i in range(count)]
         uid_of = {p: hashed_uid(pydicom.dcmread(p).SOPInstanceUID) for p in studies}
 
-        # floor 1: DCMTK storescp receiving the same files
-        floor_port = free_port()
-        (out / "received").mkdir()
-        scp = subprocess.Popen(
-            [str(STORESCP), "-od", str(out / "received"), str(floor_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
-        transfer = []
-        for path in files:
-            start = time.perf_counter()
-            _send(floor_port, path, "ANY-SCP")
-            transfer.append(time.perf_counter() - start)
-        scp.terminate()
-        scp.wait()
-
         # floor 2: the model alone
         from edge.config import DEFAULT_MODEL
         from edge.engines.manifest import load_manifest
@@ -99,6 +82,16 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
 
         sub = VerdictSubscriber(broker.port, "edgeqc/+/+/+/verdict", on_message=note, client_id="bench")
 
+        # floor 1: DCMTK storescp receiving the same files, each sent just before it goes to the
+        # appliance, so that both see the same machine (a floor measured minutes apart moves by 30 %)
+        floor_port = free_port()
+        (out / "received").mkdir()
+        scp = subprocess.Popen(
+            [str(STORESCP), "-od", str(out / "received"), str(floor_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        transfer: list[float] = []
         daemon = Daemon.start(config, log=out / "daemon.log")
         try:
             latency = []
@@ -111,6 +104,9 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
                     if n == 30:
                         rss_start = rss_bytes(daemon.pid)  # after the first half minute: caches warm
                     rss_peak = max(rss_peak, rss_bytes(daemon.pid))
+                start = time.perf_counter()
+                _send(floor_port, path, "ANY-SCP")
+                transfer.append(time.perf_counter() - start)
                 uid = uid_of[path]
                 before = len(arrivals.get(uid, []))
                 start = time.perf_counter()
@@ -124,6 +120,8 @@ def run(count: int, sustained_minutes: float = 0.0) -> int:
                     time.sleep(0.002)
             rss_end = rss_bytes(daemon.pid)
         finally:
+            scp.terminate()
+            scp.wait()
             daemon.stop()
             sub.close()
             broker.stop()
