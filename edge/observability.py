@@ -87,6 +87,12 @@ class Metrics:
         )
         self.rejected = Counter("edgeqc_images_rejected_total", "Inputs refused", ["reason"], registry=r)
         self.judged = Counter("edgeqc_images_judged_total", "Verdicts", ["view", "verdict"], registry=r)
+        self.indeterminate = Counter(
+            "edgeqc_images_indeterminate_total",
+            "Indeterminate verdicts by reason code (unreadable, not_lumbar_spine, view_unknown, items_unmeasurable)",
+            ["view", "reason"],
+            registry=r,
+        )
         self.probes = Counter(
             "edgeqc_probes_total", "Health-probe images judged (not in the clinical counts)", ["verdict"], registry=r
         )
@@ -127,6 +133,8 @@ class Metrics:
             return
         view = (verdict.get("view") or {}).get("judged") or "unknown"
         self.judged.labels(view, outcome).inc()
+        if outcome == "indeterminate":
+            self.indeterminate.labels(view, str(verdict.get("reason_code") or "unknown")).inc()
         for failed in verdict.get("failed", []):
             self.item_failures.labels(view, str(failed.get("item"))).inc()
         exposure = verdict.get("items", {}).get("exposure_index", {})

@@ -129,6 +129,7 @@ class Pipeline:
             versions=self.versions,
             notes=self._notes(),
             degraded=bool(self.degraded),
+            calibration=self.manifest.reading_confidence,
         )
         timings.update(assessment.timings_ms)
         timings["total"] = (time.perf_counter() - start) * 1000

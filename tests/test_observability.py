@@ -20,10 +20,13 @@ def test_verdicts_are_counted_with_low_cardinality_labels() -> None:
         }
     )
     metrics.observe_verdict({"verdict": "rejected", "reason_code": "not_greyscale", "timings_ms": {"decode": 2.0}})
+    metrics.observe_verdict({"verdict": "indeterminate", "reason_code": "unreadable", "view": {"judged": "ap"}})
     text = metrics.exposition().decode()
     assert 'edgeqc_images_judged_total{verdict="fail",view="lateral"} 1.0' in text
     assert 'edgeqc_item_failures_total{item="tilt_double_endplates",view="lateral"} 1.0' in text
     assert 'edgeqc_images_rejected_total{reason="not_greyscale"} 1.0' in text
+    assert 'edgeqc_images_indeterminate_total{reason="unreadable",view="ap"} 1.0' in text
+    assert 'edgeqc_images_judged_total{verdict="indeterminate",view="ap"} 1.0' in text
     assert 'edgeqc_deviation_index_bucket{le="2.0",view="lateral"} 1.0' in text
     assert 'edgeqc_stage_duration_seconds_sum{stage="infer"} 0.05' in text
     assert "1.2.3.4.5" not in text  # never a UID as a label

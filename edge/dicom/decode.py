@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
+from edge.dicom.shutter import find as find_shutter
 from edge.imaging.preprocess import area_average
 from edge.imaging.radiograph import ExposureTags, Radiograph
 
@@ -36,6 +37,8 @@ SPACING_RANGE_MM: Final = (0.02, 2.0)
 # A display table that is a clipped straight line to within this is computed by arithmetic (float32
 # rounding of the table itself is 6e-8; a window's ramp differs from the line by less than 1e-6).
 LINEAR_RAMP_TOLERANCE: Final = 1e-6
+# Shuttered pixels are shown as the collimator's shadow is: white (unexposed detector, bone-bright display).
+SHUTTER_DISPLAY: Final = 1.0
 
 
 _TAG_VIEWS: Final[dict[str, str]] = {
@@ -344,6 +347,9 @@ def decode(ds: Dataset) -> Radiograph:
     _check_header(ds)
     stored = _stored_pixels(ds)
     pixels = display_pixels(ds, stored)
+    shutter = find_shutter(ds, stored)
+    if shutter is not None:
+        shutter.paint(pixels, SHUTTER_DISPLAY)
     pixel_spacing, source = spacing(ds)
     resampled = False
     if pixel_spacing is not None and abs(pixel_spacing[0] / pixel_spacing[1] - 1.0) > 0.01:
@@ -377,6 +383,7 @@ def decode(ds: Dataset) -> Radiograph:
         transfer_syntax=str(getattr(syntax, "name", syntax)),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         resampled_to_square=resampled,
+        shutter=shutter,
     )
 
 

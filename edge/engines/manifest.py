@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.qc.confidence import Calibration
 from edge.qc.structures import STRUCTURES, VIEW_CLASSES
 
 
@@ -23,6 +24,8 @@ class ModelManifest:
     input_size: int
     channels: tuple[str, ...]
     view_classes: tuple[str, ...]
+    # the limits of the reading checks, fitted to this model
+    reading_confidence: Calibration = field(default_factory=Calibration)
 
     @property
     def model_path(self) -> Path:
@@ -55,6 +58,7 @@ def load_manifest(folder: Path) -> ModelManifest:
             input_size=int(data["input"]["shape"][-1]),
             channels=channels,
             view_classes=classes,
+            reading_confidence=Calibration.from_mapping(data.get("reading_confidence", {})),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ManifestError(f"{path}: missing or malformed field {exc}") from exc

@@ -25,6 +25,30 @@ class ExposureTags:
 
 
 @dataclass(frozen=True)
+class Shutter:
+    """An electronic shutter on the stored grid: the open (unshuttered) rectangle, rows then columns
+    as half-open ranges, and for circular or polygonal shutters the shuttered pixels themselves."""
+
+    box: tuple[int, int, int, int]  # row0, row1, col0, col1
+    mask: Bool | None = None  # True where shuttered (stored grid); None: the box says it all
+
+    def shuttered(self, rows: NDArray[np.intp], cols: NDArray[np.intp]) -> Bool:
+        """Which of the stored pixels at rows x cols (index arrays) the shutter covers."""
+        r0, r1, c0, c1 = self.box
+        outside = ~(((rows >= r0) & (rows < r1))[:, None] & ((cols >= c0) & (cols < c1))[None, :])
+        if self.mask is not None:
+            outside |= self.mask[np.ix_(rows, cols)]
+        return np.asarray(outside)
+
+    def paint(self, pixels: F32, value: float) -> None:
+        """Set the shuttered display pixels (same grid as the stored values) to `value`, in place."""
+        r0, r1, c0, c1 = self.box
+        pixels[:r0], pixels[r1:], pixels[:, :c0], pixels[:, c1:] = value, value, value, value
+        if self.mask is not None:
+            pixels[self.mask] = value
+
+
+@dataclass(frozen=True)
 class Radiograph:
     pixels: F32  # display values in [0, 1], 1 = white (bone on a radiograph); square pixels
     pixel_spacing_mm: tuple[float, float] | None  # (row, column) spacing of `pixels`; None when unknown
@@ -43,6 +67,7 @@ class Radiograph:
     transfer_syntax: str
     sop_instance_uid: str
     resampled_to_square: bool  # non-square pixels were resampled before anything else
+    shutter: Shutter | None = None  # an electronic shutter (tags or burnt in), shown as collimation
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -51,14 +76,19 @@ class Radiograph:
 
     def clipped(self, rows: slice, cols: slice) -> Bool:
         """Which pixels of `pixels[rows, cols]` the detector stored at either end of its range
-        (saturated or starved). Asked for a region, not the whole image: a mask of millions of pixels
-        would cost more than the measurements that read a small part of it. Where non-square pixels
-        were resampled, each pixel takes the stored value nearest to it."""
+        (saturated or starved), shutters excluded. Asked for a region, not the whole image: a mask of
+        millions of pixels would cost more than the measurements that read a small part of it. Where
+        non-square pixels were resampled, each pixel takes the stored value nearest to it."""
         lo, hi = self.stored_range
-        region = self.stored[rows, cols]
-        if self.stored.shape != self.pixels.shape:
-            ratio = np.divide(self.stored.shape, self.pixels.shape)
-            r = (np.arange(self.pixels.shape[0])[rows] * ratio[0]).astype(np.intp)
-            c = (np.arange(self.pixels.shape[1])[cols] * ratio[1]).astype(np.intp)
+        r = np.arange(self.pixels.shape[0])[rows]
+        c = np.arange(self.pixels.shape[1])[cols]
+        if self.stored.shape == self.pixels.shape:
+            region = self.stored[rows, cols]
+        else:
+            r = (r * (self.stored.shape[0] / self.pixels.shape[0])).astype(np.intp)
+            c = (c * (self.stored.shape[1] / self.pixels.shape[1])).astype(np.intp)
             region = self.stored[np.ix_(r, c)]
-        return np.asarray((region <= lo) | (region >= hi))
+        clipped = (region <= lo) | (region >= hi)
+        if self.shutter is not None:
+            clipped &= ~self.shutter.shuttered(r, c)
+        return np.asarray(clipped)

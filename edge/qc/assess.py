@@ -16,7 +16,8 @@ from numpy.typing import NDArray
 
 from edge.imaging.preprocess import Transform
 from edge.imaging.radiograph import Radiograph
-from edge.qc.items import measure_all
+from edge.qc.confidence import Calibration, Reading, reading
+from edge.qc.items import FIELD_ITEMS, ITEMS, measure_all
 from edge.qc.judge import judge
 from edge.qc.measure import Context, Measurement, Spine, anatomy_mask
 from edge.qc.segmentation import Segmentation, field_box
@@ -29,6 +30,9 @@ VIEW_CONFIDENCE: Final = 0.8
 # Without any pixel spacing, millimetres come from the anatomy: adult lumbar vertebrae repeat every
 # ~35 mm (body 25-28 mm plus disc 8-11 mm), to within about 15 %.
 LUMBAR_SEGMENT_MM: Final = 35.0
+# What the radiographer reads when the masks cannot be trusted: act on it, do not second-guess it.
+UNREADABLE: Final = "the spine could not be read reliably: check the image yourself"
+DEFAULT_CALIBRATION: Final = Calibration()
 # Detector clipping is counted on image pixels this many times finer than the network grid per axis.
 CLIPPING_SAMPLES_PER_NETWORK_PX: Final = 2
 
@@ -41,6 +45,19 @@ class Assessment:
     segmentation: Segmentation
     measurements: Mapping[str, Measurement] | None
     timings_ms: Mapping[str, float]
+
+
+def without_unreliable(measurements: dict[str, Measurement], read: Reading) -> dict[str, Measurement]:
+    """Items that rely on a structure the reading checks distrust become unmeasured (indeterminate),
+    with the reason; the rest stand."""
+    out = dict(measurements)
+    for name, m in measurements.items():
+        distrusted = sorted(ITEMS[name].dependencies & read.unreliable)
+        if distrusted and m.value is not None:
+            out[name] = Measurement(
+                m.item, None, m.unit, dict(m.detail), reason=f"{', '.join(distrusted)} not read reliably"
+            )
+    return out
 
 
 def clipped_fraction(radiograph: Radiograph, transform: Transform, anatomy: NDArray[np.bool_]) -> float | None:
@@ -118,6 +135,7 @@ def assess(
     versions: Mapping[str, str],
     notes: Iterable[str] = (),
     degraded: bool = False,
+    calibration: Calibration = DEFAULT_CALIBRATION,
 ) -> Assessment:
     """Judge one image from the model's outputs (probabilities on the network grid, mapped to the image
     by `transform`). Every way it can go wrong ends in a verdict with a reason, never an exception."""
@@ -159,6 +177,30 @@ def assess(
         )
     judged: View = view.judged  # type: ignore[assignment]
     field = field_box(seg)
+    if field is None:
+        return indeterminate("no exposed field found", "not_lumbar_spine")
+    spine = Spine(seg)
+    problem = spine.implausible()
+    cut = bool(problem) and any(seg.touches_field(f"body_{lv}") for lv in spine.lumbar_levels)
+    if problem and not cut:
+        return indeterminate(problem, "not_lumbar_spine")
+    read = reading(seg, spine, judged, calibration)
+    if not read.readable:
+        reason, code = f"{UNREADABLE} ({', '.join(read.failed)})", "unreadable"
+        misread = spine.misread()
+        if misread and not radiograph.body_part:  # nothing says a spine was meant: it may be none
+            reason, code = f"{misread}: not a lumbar spine, or one that could not be read reliably", "not_lumbar_spine"
+        verdict = Verdict.indeterminate(
+            reason=reason,
+            code=code,
+            view=view,
+            image=image,
+            versions=versions,
+            notes=notes,
+            degraded=degraded,
+            reading=read,
+        )
+        return Assessment(verdict, seg, None, {"measure": (time.perf_counter() - started) * 1000})
     anatomy = anatomy_mask(seg, judged, field)
     ctx = Context(
         view=judged,
@@ -169,13 +211,15 @@ def assess(
         image=radiograph.pixels,
         image_spacing_mm=seg.mm_per_px * transform.scale_x,
     )
-    measurements, reason = measure_all(seg, standard, ctx, field)
-    if reason:
-        return indeterminate(reason, "not_lumbar_spine", measurements)
+    # a spine the field cuts down to a body or two: where the field lies is all that can be judged
+    only = FIELD_ITEMS if cut else None
+    measurements = without_unreliable(measure_all(seg, spine, standard, ctx, field, only), read)
+    if cut:
+        notes.append(f"{problem}: the field cuts the spine")
     measured = time.perf_counter()
     results = judge(measurements, standard, judged)
     verdict = Verdict.judged(
-        items=results, view=view, image=image, versions=versions, notes=notes, degraded=degraded
+        items=results, view=view, image=image, versions=versions, notes=notes, degraded=degraded, reading=read
     )
     timings = {"measure": (measured - started) * 1000, "judge": (time.perf_counter() - measured) * 1000}
     return Assessment(verdict, seg, measurements, timings)

@@ -33,6 +33,13 @@ class ItemSpec:
     optional: frozenset[str] = frozenset()  # parameters the standard may give
     structures: tuple[str, ...] = ()  # highlighted on an overlay when the item fails
     borderline: float | None = None  # phantom truth within this of a threshold is too close to call
+    # structures whose reading the item cannot do without: when the reading checks distrust one, the
+    # item is indeterminate (None: the overlay's structures)
+    relies_on: tuple[str, ...] | None = None
+
+    @property
+    def dependencies(self) -> frozenset[str]:
+        return frozenset(self.structures if self.relies_on is None else self.relies_on)
 
     @property
     def required(self) -> frozenset[str]:

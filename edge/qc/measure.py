@@ -95,8 +95,8 @@ class Spine:
         self.across: F64 = np.array([self.axis[1], -self.axis[0]])  # +x side
 
     def implausible(self) -> str:
-        """Why these masks are not a lumbar spine ("" when they are): too few bodies, bodies out of
-        order along the spine, or spacing between neighbours that no spine has."""
+        """Why these masks are not a lumbar spine ("" when they may be): too few bodies, or bodies
+        without the pedicles and spinous processes every lumbar vertebra has (a chest, a knee)."""
         levels = self.lumbar_levels
         if len(levels) < 3:
             return f"lumbar spine not found ({len(levels)} of 5 lumbar bodies)"
@@ -105,16 +105,28 @@ class Spine:
             return "no pedicles beside the vertebral bodies: not a lumbar spine"
         if self.seg.area("spinous_process") < MIN_SPINOUS_PX_PER_BODY * len(levels):
             return "no spinous processes behind the vertebral bodies: not a lumbar spine"
+        return ""
+
+    def misread(self) -> str:
+        """Why the bodies of what looks like a spine cannot be the levels the model named ("" when they
+        can): too few well-formed bodies, bodies out of order along the spine, or spacing between
+        neighbours that no spine has. A spine is there; its reading is wrong."""
+        levels = self.lumbar_levels
         # order and spacing are judged on the well-formed bodies: a body cut by the field edge or
         # half-labelled by the model moves its centre, which is no sign of a different anatomy
         areas = {lv: self.seg.area(f"body_{lv}") for lv in self.centres}
         typical = float(np.median([areas[lv] for lv in levels]))
-        found = [lv for lv in VERTEBRAL_LEVELS if lv in self.centres and areas[lv] >= 0.5 * typical]
+        found = [
+            lv
+            for lv in VERTEBRAL_LEVELS
+            if lv in self.centres and areas[lv] >= 0.5 * typical and not self.seg.touches_field(f"body_{lv}")
+        ]
         if len(found) < 3:
-            return f"lumbar spine not found ({len(found)} well-formed vertebral bodies)"
+            cut = any(self.seg.touches_field(f"body_{lv}") for lv in self.centres)
+            return "" if cut else f"only {len(found)} well-formed vertebral bodies"  # cut: coverage judges it
         along = [float(self.centres[lv] @ self.axis) for lv in found]
         if any(b <= a for a, b in itertools.pairwise(along)):
-            return "vertebral bodies out of order: not a lumbar spine"
+            return "vertebral bodies out of order"
         position = dict(zip(found, along, strict=True))
         steps = [
             (position[lb] - position[la]) / (VERTEBRAL_LEVELS.index(lb) - VERTEBRAL_LEVELS.index(la))
@@ -122,7 +134,7 @@ class Spine:
         ]
         inner = steps[1:-1] if len(steps) >= 3 else steps  # an end body may be cut by the field
         if max(inner) > MAX_SPACING_RATIO * min(inner):
-            return "vertebral spacing irregular: not a lumbar spine"
+            return "vertebral spacing irregular"
         return ""
 
     @property

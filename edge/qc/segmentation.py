@@ -93,6 +93,17 @@ class Segmentation:
                 self._extents[name] = (mask[box], *box)
         return self._extents[name]
 
+    def touches_field(self, name: str) -> bool:
+        """The structure's box reaches the field's box (within a pixel): the field may cut it, and a cut
+        structure is partial for a reason the coverage items judge."""
+        found, field_found = self.extent(name), self.extent("field")
+        if found is None or field_found is None:
+            return False
+        _, rows, cols = found
+        _, f_rows, f_cols = field_found
+        touches_rows = rows.start <= f_rows.start + 1 or rows.stop >= f_rows.stop - 1
+        return bool(touches_rows or cols.start <= f_cols.start + 1 or cols.stop >= f_cols.stop - 1)
+
     def area(self, name: str) -> float:
         found = self.extent(name)
         return 0.0 if found is None else float(np.count_nonzero(found[0]))

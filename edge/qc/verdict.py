@@ -17,6 +17,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from edge.qc.confidence import Reading
 from edge.qc.judge import ItemResult, overall
 
 SCHEMA_ID: Final = "https://edge-qc.invalid/schemas/verdict-1.json"
@@ -63,6 +64,7 @@ class Verdict:
     versions: Mapping[str, str]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     degraded: bool = False  # judged by the fallback backend, not the configured one (a note says why)
+    reading: Reading | None = None  # how far the masks could be trusted; None: the image was not read
 
     def __post_init__(self) -> None:
         for name in ("items", "image", "versions", "timings_ms"):
@@ -80,6 +82,7 @@ class Verdict:
         notes: Iterable[str] = (),
         timings_ms: Mapping[str, float] | None = None,
         degraded: bool = False,
+        reading: Reading | None = None,
     ) -> Verdict:
         """The standard applied: pass, fail, or indeterminate when a failing-severity item could not
         be measured."""
@@ -88,7 +91,9 @@ class Verdict:
         if outcome == "indeterminate":
             missing = [r.item for r in items.values() if r.outcome == "indeterminate" and r.severity == "fail"]
             reason, code = f"could not judge: {', '.join(missing)}", "items_unmeasurable"
-        return cls(outcome, reason, code, view, items, tuple(notes), image, versions, timings_ms or {}, degraded)
+        return cls(
+            outcome, reason, code, view, items, tuple(notes), image, versions, timings_ms or {}, degraded, reading
+        )
 
     @classmethod
     def indeterminate(
@@ -102,9 +107,13 @@ class Verdict:
         notes: Iterable[str] = (),
         timings_ms: Mapping[str, float] | None = None,
         degraded: bool = False,
+        reading: Reading | None = None,
     ) -> Verdict:
-        """The image was read but cannot be judged (not a lumbar spine, view unknown): no items."""
-        return cls("indeterminate", reason, code, view, {}, tuple(notes), image, versions, timings_ms or {}, degraded)
+        """The image was read but cannot be judged (not a lumbar spine, view unknown, masks that cannot
+        be trusted): no items."""
+        return cls(
+            "indeterminate", reason, code, view, {}, tuple(notes), image, versions, timings_ms or {}, degraded, reading
+        )
 
     @classmethod
     def rejected(
@@ -156,6 +165,7 @@ class Verdict:
             "versions": dict(self.versions),
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "degraded": self.degraded,
+            "reading": None if self.reading is None else self.reading.as_dict(),
         }
 
     def summary(self) -> str:

@@ -21,18 +21,21 @@ FAMILIES: Final = (coverage, ap, lateral, oblique, exposure)
 ITEMS: Final[Mapping[str, ItemSpec]] = MappingProxyType(
     {spec.name: spec for family in FAMILIES for spec in family.SPECS}
 )
+# The items about where the field lies: measurable on a spine the field cuts down to a body or two.
+FIELD_ITEMS: Final = frozenset(spec.name for spec in coverage.SPECS)
 
 
 def measure_all(
-    seg: Segmentation, standard: Standard, ctx: Context, field: Box | None
-) -> tuple[dict[str, Measurement], str]:
-    """Every item of the view's standard, or ({}, reason) when the image cannot be measured at all.
-    `field` is the segmentation's field_box."""
-    if field is None:
-        return {}, "no exposed field found"
-    spine = Spine(seg)
-    problem = spine.implausible()
-    if problem:
-        return {}, problem
-    out = {name: ITEMS[name].measure(rule, seg, spine, field, ctx) for name, rule in standard.items[ctx.view].items()}
-    return out, ""
+    seg: Segmentation, spine: Spine, standard: Standard, ctx: Context, field: Box, only: frozenset[str] | None = None
+) -> dict[str, Measurement]:
+    """Every item of the view's standard (or those in `only`; the rest unmeasured, with `why_not`)."""
+    rules = standard.items[ctx.view]
+    return {
+        name: ITEMS[name].measure(rule, seg, spine, field, ctx)
+        if only is None or name in only
+        else Measurement(name, None, "", reason=WHY_NOT_MEASURED)
+        for name, rule in rules.items()
+    }
+
+
+WHY_NOT_MEASURED: Final = "the field cuts the spine: judged once the spine is in the field"

@@ -102,7 +102,8 @@ def rotation_pedicles(rule: ItemRule, seg: Segmentation, spine: Spine, field: Bo
 def pelvis_rotation(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
     a = seg.centroid("spinous_process", spine.band("L4", *SPINOUS_BAND)) if "L4" in spine.centres else None
     b = seg.centroid("spinous_process", spine.band("L5", *SPINOUS_BAND)) if "L5" in spine.centres else None
-    left, right = seg.centroid("si_joint_left"), seg.centroid("si_joint_right")
+    joints = ("si_joint_left", "si_joint_right")
+    left, right = (seg.centroid(j) if seg.present(j) else None for j in joints)  # specks are no joints
     if a is None or b is None or left is None or right is None:
         return Measurement("pelvis_rotation", None, "ratio", reason="SI joints or lower spinous processes not found")
     # the line through the L4 and L5 spinous processes: its direction from the two bodies' centres

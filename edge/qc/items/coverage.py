@@ -19,7 +19,7 @@ from edge.qc.measure import (
     to_mm,
 )
 from edge.qc.rules import ItemRule
-from edge.qc.segmentation import Box, Segmentation, fine_box
+from edge.qc.segmentation import THRESHOLD, Box, Segmentation, fine_box
 from edge.qc.structures import LUMBAR_LEVELS, REQUIRED_STRUCTURES, View
 
 F32 = NDArray[np.float32]
@@ -60,6 +60,30 @@ def _plausible_body(seg: Segmentation, spine: Spine, name: str, keep: str) -> F3
     return np.where(keep_mask, prob, 0.0).astype(np.float32)
 
 
+def beside_si_joints(seg: Segmentation) -> F32:
+    """The upper half of the sacrum, beside which the SI joints lie: where the model missed the joints,
+    the field must still show this much (empty when the sacrum is missing too)."""
+    prob = seg.prob("sacrum")
+    keep = np.zeros_like(prob)
+    rows = np.flatnonzero((prob > THRESHOLD).any(axis=1))
+    if len(rows):
+        middle = (int(rows[0]) + int(rows[-1])) // 2 + 1
+        keep[:middle] = prob[:middle]
+    return keep
+
+
+SI_JOINTS: Final = ("si_joint_left", "si_joint_right")
+
+
+def required_box(seg: Segmentation, view: View) -> Box | None:
+    """The extent of the anatomy the view must show; a missed SI joint is stood in for by the part of
+    the sacrum it lies beside, so that a joint the model did not find moves no edge of the box."""
+    names = REQUIRED_STRUCTURES[view]
+    if not set(SI_JOINTS) <= set(names) or all(seg.present(j) for j in SI_JOINTS) or not seg.present("sacrum"):
+        return seg.union_box(names)
+    return fine_box(np.maximum(seg.union(names), beside_si_joints(seg)))
+
+
 def _coverage_of(
     item: str, seg: Segmentation, names: tuple[str, ...], field: Box, sides: str, spine: Spine | None = None
 ) -> Measurement:
@@ -87,7 +111,18 @@ def coverage(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
     if "structure" in rule.params:
         return _coverage_of(item, seg, (rule.text("structure"),), field, "xy", spine)
     if item == "lower_coverage" and ctx.view == "ap":
-        return _coverage_of(item, seg, ("si_joint_left", "si_joint_right"), field, "xy")
+        joints = SI_JOINTS
+        if not all(seg.present(j) for j in joints) and seg.present("sacrum"):
+            # the model missed the joints (a field that cut them would cut the sacrum beside them too):
+            # the joints lie beside the upper half of the sacrum, so that half is what must be in the field
+            box = fine_box(beside_si_joints(seg))
+            margin, gaps = _margin(seg, box, field, "xy")
+            cut = margin < to_mm(seg, EDGE_TOLERANCE_PX)
+            detail: dict[str, object] = {"structures": ["sacrum (upper half)"], "margins_mm": gaps, "cut": cut}
+            detail["nearest_edge"] = min(gaps, key=lambda k: gaps[k])
+            detail["note"] = "SI joints not found: measured beside them, on the upper half of the sacrum"
+            return Measurement(item, margin, "mm", detail, cut=cut)
+        return _coverage_of(item, seg, joints, field, "xy")
     if item == "lower_coverage":  # lateral: L5 and the L5/S1 disc with the top of the sacrum below it
         if not seg.present("sacrum") or "L5" not in spine.centres:
             missing = [n for n in ("body_L5", "sacrum") if not seg.present(n)]
@@ -117,7 +152,7 @@ def coverage(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
 
 
 def centring(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
-    box = seg.union_box(REQUIRED_STRUCTURES[ctx.view])
+    box = required_box(seg, ctx.view)
     if box is None:
         return Measurement("centring", None, "fraction", reason="anatomy not found")
     (cx, cy), (fx, fy) = box.centre, field.centre
@@ -131,7 +166,7 @@ def centring(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
 
 
 def collimation(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
-    box = seg.union_box(REQUIRED_STRUCTURES[ctx.view])
+    box = required_box(seg, ctx.view)
     if box is None:
         return Measurement("collimation", None, "ratio", reason="anatomy not found")
     margin = rule.number("margin_mm") / seg.mm_per_px
@@ -196,7 +231,7 @@ SPECS: Final = (
     ItemSpec(
         "lower_coverage", "at_least", ("min_margin_mm",), coverage, coverage_correction,
         optional=frozenset({"structure"}), structures=("si_joint_left", "si_joint_right", "sacrum", "body_L5"),
-        borderline=2.0,
+        borderline=2.0, relies_on=("sacrum", "body_L5"),  # missed SI joints: measured beside them
     ),
     ItemSpec(
         "lateral_coverage", "at_least", ("min_margin_mm",), coverage, coverage_correction,

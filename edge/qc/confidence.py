@@ -1,0 +1,155 @@
+"""How far the masks can be trusted: the reading confidence of one image, from what the appliance has.
+
+A wrong FAIL sends a patient back for another exposure and a wrong PASS lets a useless image through;
+"indeterminate: check the image yourself" is better than either. The model's masks are only as good
+as the images it learned from, so before measuring, the appliance asks whether the masks look like a
+lumbar spine it can read:
+- each lumbar body is one compact blob (fragments scattered over bowel gas fill little of their extent),
+- the model is sure of it (the mean probability inside the mask),
+- the model is sure which level it is (a body shared between two level channels is a level it cannot
+  name: the commonest real-film error is a whole spine named one level off),
+- the bodies have sizes a spine has (neighbours within a factor, not a body beside a speck),
+- paired structures come in pairs (one SI joint without the other is not a pelvis the model read).
+
+Each check is a number with a limit; the limits are calibrated on labelled images (own phantom, and
+real AP films of development patients whose levels clinicians marked), by measured error rates, and
+live in `Calibration` (the defaults below, overridden by a model's manifest). Pure functions only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge.qc.measure import Spine
+from edge.qc.segmentation import Segmentation
+from edge.qc.structures import STRUCTURES, VERTEBRAL_LEVELS, View
+
+F32 = NDArray[np.float32]
+
+BODY_CHANNELS: Final = [STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The limits of the reading checks (see `reading_checks`); versioned with the model they fit."""
+
+    # defaults: the limits fitted to model 0.2.0 (its manifest says how), for a model without its own
+    min_body_fill: float = 0.28  # area / bounding-box area of the least compact lumbar body
+    min_body_probability: float = 0.70  # mean probability inside the least sure lumbar body
+    max_level_ambiguity: float = 0.38  # share of a body's pixels that another level's channel also claims
+    max_body_area_ratio: float = 4.5  # largest / smallest lumbar body (those the field does not cut)
+    source: str = "default limits (edge.qc.confidence: those fitted to lumbar-resunet 0.2.0)"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, object]) -> Calibration:
+        """From a manifest's `reading_confidence` table; an unknown key is an error naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"reading_confidence: unknown key(s) {', '.join(unknown)}; expected {sorted(known)}")
+        values: dict[str, object] = {}
+        for key, value in data.items():
+            if key == "source":
+                values[key] = str(value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                values[key] = float(value)
+            else:
+                raise ValueError(f"reading_confidence.{key}: expected a number, got {value!r}")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The checks' values, which failed, and the structures the judged items must not rely on."""
+
+    checks: Mapping[str, float]
+    failed: tuple[str, ...]  # failed checks, with the level where one applies ("body_fill L3"), or why misread
+    unreliable: frozenset[str] = field(default_factory=frozenset)  # structures, for per-item indeterminates
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checks", MappingProxyType(dict(self.checks)))
+        object.__setattr__(self, "failed", tuple(self.failed))
+        object.__setattr__(self, "unreliable", frozenset(self.unreliable))
+
+    @property
+    def readable(self) -> bool:
+        return not self.failed
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "readable": self.readable,
+            "checks": {k: round(v, 3) for k, v in self.checks.items()},
+            "failed": list(self.failed),
+            "unreliable_structures": sorted(self.unreliable),
+        }
+
+
+def _level_ambiguity(seg: Segmentation, level: str) -> float:
+    """Share of the body's mask that another level's channel also claims (its probability there is at
+    least a third of the body's own): a body the model cannot put a single name to."""
+    found = seg.extent(f"body_{level}")
+    if found is None:
+        return 1.0
+    mask, rows, cols = found
+    own = seg.probabilities[STRUCTURES.index(f"body_{level}")][rows, cols]
+    others = [seg.probabilities[c][rows, cols] for c in BODY_CHANNELS if STRUCTURES[c] != f"body_{level}"]
+    rival = np.max(np.stack(others), axis=0)
+    contested = mask & (rival > own / 3)
+    return float(np.count_nonzero(contested)) / max(float(np.count_nonzero(mask)), 1.0)
+
+
+def body_signals(seg: Segmentation, level: str) -> dict[str, float] | None:
+    """fill, probability, ambiguity and area of one body's mask; None when it is absent."""
+    found = seg.extent(f"body_{level}")
+    if found is None:
+        return None
+    mask, rows, cols = found
+    area = float(np.count_nonzero(mask))
+    probability = seg.probabilities[STRUCTURES.index(f"body_{level}")][rows, cols]
+    return {
+        "fill": area / float(mask.size),
+        "probability": float(probability[mask].mean()),
+        "ambiguity": _level_ambiguity(seg, level),
+        "area": area,
+    }
+
+
+def reading(seg: Segmentation, spine: Spine, view: View, calibration: Calibration) -> Reading:
+    """The reading checks over the lumbar bodies the spine step found, against `calibration`; a spine
+    whose bodies cannot be the levels named (`Spine.misread`) fails whatever the limits."""
+    # a body the field cuts is partial for a reason the coverage items judge, not a sign of a misreading
+    whole = [lv for lv in spine.lumbar_levels if not seg.touches_field(f"body_{lv}")]
+    signals = {lv: s for lv in whole if (s := body_signals(seg, lv)) is not None}
+    misread = spine.misread()
+    failed: list[str] = [misread] if misread else []
+    checks: dict[str, float] = {}
+    if signals:
+        worst_fill = min(signals, key=lambda lv: signals[lv]["fill"])
+        worst_probability = min(signals, key=lambda lv: signals[lv]["probability"])
+        worst_ambiguity = max(signals, key=lambda lv: signals[lv]["ambiguity"])
+        checks["body_fill"] = signals[worst_fill]["fill"]
+        checks["body_probability"] = signals[worst_probability]["probability"]
+        checks["level_ambiguity"] = signals[worst_ambiguity]["ambiguity"]
+        if checks["body_fill"] < calibration.min_body_fill:
+            failed.append(f"body_fill {worst_fill}")
+        if checks["body_probability"] < calibration.min_body_probability:
+            failed.append(f"body_probability {worst_probability}")
+        if checks["level_ambiguity"] > calibration.max_level_ambiguity:
+            failed.append(f"level_ambiguity {worst_ambiguity}")
+        areas = [signals[lv]["area"] for lv in signals]
+        if len(areas) >= 2:
+            checks["body_area_ratio"] = max(areas) / max(min(areas), 1.0)
+            if checks["body_area_ratio"] > calibration.max_body_area_ratio:
+                failed.append("body_area_ratio")
+    unreliable: set[str] = set()
+    if view in ("ap", "oblique"):
+        left, right = seg.present("si_joint_left"), seg.present("si_joint_right")
+        if left != right:  # one joint without the other: the pelvis items cannot rely on either
+            unreliable |= {"si_joint_left", "si_joint_right"}
+    return Reading(checks, tuple(failed), frozenset(unreliable))

@@ -1,0 +1,143 @@
+"""The reading gate: masks that cannot be trusted give "indeterminate: check the image yourself", and a
+structure the model missed takes only the items that rely on it with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from edge.config import Config
+from edge.dicom.decode import decode_file
+from edge.imaging.preprocess import Transform, preprocess
+from edge.imaging.radiograph import Radiograph
+from edge.pipeline import Pipeline
+from edge.qc.assess import Assessment, assess
+from edge.qc.confidence import Calibration
+from edge.qc.structures import STRUCTURES
+from edge.qc.verdict import schema
+from tests.conftest import ideal_acquisition, render_case
+from tests.qc.conftest import write_case
+
+Case = tuple[Radiograph, np.ndarray, np.ndarray, Transform]
+
+
+@pytest.fixture(scope="module")
+def ap_case(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """An ideal AP, decoded, with the model's masks."""
+    image = render_case(ideal_acquisition("ap", projection="AP"))
+    radiograph = decode_file(write_case(image, tmp_path_factory.mktemp("reading")))
+    net_input, transform = preprocess(radiograph.pixels, pipeline.manifest.input_size)
+    outputs = pipeline.backend.infer(net_input)
+    return radiograph, np.array(outputs.masks), np.array(outputs.view), transform
+
+
+def _assess(pipeline: Pipeline, case: Case, masks: np.ndarray) -> Assessment:
+    radiograph, _, view, transform = case
+    return assess(
+        radiograph,
+        masks,
+        view,
+        transform,
+        pipeline.standard,
+        target_exposure_index={},
+        versions=pipeline.versions,
+        calibration=pipeline.manifest.reading_confidence,
+    )
+
+
+def _channel(name: str) -> int:
+    return STRUCTURES.index(name)
+
+
+def test_the_ideal_ap_is_read_and_judged(pipeline: Pipeline, ap_case: Case) -> None:
+    verdict = _assess(pipeline, ap_case, ap_case[1]).verdict
+    assert verdict.reading is not None and verdict.reading.readable, verdict.reading
+    assert verdict.verdict in ("pass", "fail") and verdict.reason_code == ""
+    payload = verdict.as_dict()
+    jsonschema.validate(payload, schema())
+    assert payload["reading"]["readable"] is True
+    assert set(payload["reading"]["checks"]) >= {"body_fill", "body_probability", "level_ambiguity"}
+
+
+def test_swapped_levels_are_unreadable_not_another_anatomy(
+    pipeline: Pipeline, ap_case: Case
+) -> None:
+    masks = ap_case[1].copy()
+    masks[[_channel("body_L2"), _channel("body_L4")]] = masks[[_channel("body_L4"), _channel("body_L2")]]
+    verdict = _assess(pipeline, ap_case, masks).verdict
+    assert verdict.verdict == "indeterminate" and verdict.reason_code == "unreadable"
+    assert "check the image yourself" in verdict.reason and "out of order" in verdict.reason
+    assert not verdict.items  # no item is judged on a misread spine
+    jsonschema.validate(verdict.as_dict(), schema())
+
+
+def test_fragmented_bodies_are_unreadable(pipeline: Pipeline, ap_case: Case) -> None:
+    masks = ap_case[1].copy()
+    yy, xx = np.mgrid[0 : masks.shape[-2], 0 : masks.shape[-1]]
+    holes = (yy % 3 != 0) | (xx % 3 != 0)  # eight pixels of every nine gone: specks
+    for level in ("L2", "L3"):
+        masks[_channel(f"body_{level}")][holes] = 0.0
+    verdict = _assess(pipeline, ap_case, masks).verdict
+    assert verdict.verdict == "indeterminate" and verdict.reason_code == "unreadable"
+    assert verdict.reading is not None and any(f.startswith("body_fill") for f in verdict.reading.failed)
+
+
+def test_unsure_bodies_are_unreadable_by_the_manifest_limits(
+    pipeline: Pipeline, ap_case: Case
+) -> None:
+    masks = ap_case[1].copy()
+    body = _channel("body_L3")
+    masks[body] = np.where(masks[body] > 0.5, 0.55, masks[body])  # found, but the model is not sure
+    limits = pipeline.manifest.reading_confidence
+    assert limits.min_body_probability > 0.55
+    verdict = _assess(pipeline, ap_case, masks).verdict
+    assert verdict.reason_code == "unreadable" and "body_probability L3" in verdict.reason
+    lenient = Calibration(min_body_probability=0.5)
+    radiograph, _, view, transform = ap_case
+    standard = pipeline.standard
+    again = assess(
+        radiograph, masks, view, transform, standard, target_exposure_index={}, versions={}, calibration=lenient
+    ).verdict
+    assert again.reason_code != "unreadable"
+
+
+def test_missed_si_joints_leave_only_pelvis_rotation_indeterminate(
+    pipeline: Pipeline, ap_case: Case
+) -> None:
+    whole = _assess(pipeline, ap_case, ap_case[1]).verdict
+    for removed in (("si_joint_left", "si_joint_right"), ("si_joint_right",)):
+        masks = ap_case[1].copy()
+        for name in removed:
+            masks[_channel(name)] = 0.0
+        verdict = _assess(pipeline, ap_case, masks).verdict
+        undecided = {name for name, r in verdict.items.items() if r.outcome == "indeterminate"}
+        assert undecided == {"pelvis_rotation"}, (removed, verdict.summary())
+        assert verdict.items["lower_coverage"].outcome == whole.items["lower_coverage"].outcome == "pass"
+        others = {n: r.outcome for n, r in verdict.items.items() if n != "pelvis_rotation"}
+        assert others == {n: r.outcome for n, r in whole.items.items() if n != "pelvis_rotation"}
+        assert verdict.verdict == "indeterminate" and verdict.reason_code == "items_unmeasurable"
+
+
+def test_a_model_manifest_carries_its_reading_limits(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from edge.config import DEFAULT_MODEL
+    from edge.engines.manifest import ManifestError, load_manifest
+
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["reading_confidence"] = {"min_body_fill": 0.5, "source": "a test"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    limits = load_manifest(folder).reading_confidence
+    assert limits.min_body_fill == 0.5 and limits.source == "a test"
+    assert limits.max_level_ambiguity == Calibration().max_level_ambiguity
+    manifest["reading_confidence"] = {"min_body_fil": 0.5}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="min_body_fil"):
+        load_manifest(folder)
+    assert Config().model.path == DEFAULT_MODEL
