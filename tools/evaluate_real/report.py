@@ -69,8 +69,29 @@ def summarise(results: list[FilmResult]) -> dict[str, Any]:
             )
         ),
         "per_level": per_level,
+        **_gate(results),
         "verdicts": dict(verdicts),
         "verdict_reasons": dict(reasons.most_common(8)),
+    }
+
+
+def _gate(results: list[FilmResult]) -> dict[str, Any]:
+    """The reading gate (issue 14): of the films with all five lumbar levels scored, those read wrong
+    (a level missed or misnamed) should be indeterminate, those read right judged."""
+    read: list[tuple[bool, bool]] = []  # (read right, indeterminate)
+    for r in results:
+        levels = [r.score.levels.get(lv) for lv in LUMBAR_LEVELS]
+        if any(s is None for s in levels):
+            continue
+        right = all(s is not None and s.found and s.level_right for s in levels)
+        read.append((right, r.verdict["verdict"] == "indeterminate"))
+    wrong = [undecided for right, undecided in read if not right]
+    good = [undecided for right, undecided in read if right]
+    return {
+        "read_wrong": len(wrong),
+        "read_wrong_indeterminate": _rate(wrong),
+        "read_right": len(good),
+        "read_right_indeterminate": _rate(good),
     }
 
 
@@ -129,6 +150,20 @@ def format_table(crop: str, labels: list[str], summaries: list[dict[str, Any]], 
                 "",
             )
         )
+    rows.append(
+        (
+            "read wrong (a level missed/misnamed): indeterminate",
+            [f"{_fmt(s['read_wrong_indeterminate'], True)} of {s['read_wrong']}" for s in summaries],
+            ">= 95 %",
+        )
+    )
+    rows.append(
+        (
+            "read right: indeterminate",
+            [f"{_fmt(s['read_right_indeterminate'], True)} of {s['read_right']}" for s in summaries],
+            "<= 10 %",
+        )
+    )
     for outcome in ("pass", "fail", "indeterminate", "rejected"):
         rows.append((f"verdict {outcome}", [str(s["verdicts"].get(outcome, 0)) for s in summaries], ""))
     lines = [f"crop: {crop}", head]
