@@ -137,8 +137,8 @@ def fit(
             continue
         flagged = no_spine | by_limits
         caught = float(flagged[wrong].mean()) if wrong.any() else 0.0
-        key = (  # enough wrong films caught; then the fewest phantom and right films lost; then more caught
-            float(caught >= min_caught),
+        key = (  # wrong films caught, up to the target; then the fewest phantom and right films lost
+            min(caught, min_caught),
             -float(flagged[phantom].mean()) if phantom.any() else 0.0,
             -float(flagged[right].mean()) if right.any() else 0.0,
             caught,
