@@ -154,11 +154,20 @@ def _pair(ds: Dataset, keyword: str) -> tuple[float, float] | None:
 def spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
     """Pixel spacing in the patient plane where the modality calibrated it, else the detector pitch
     (corrected by the estimated magnification when recorded), else unknown. Zero or absurd values
-    count as absent: some CR readers write 0\\0."""
+    count as absent: some CR readers write 0\\0. A Pixel Spacing that only repeats the Imager Pixel
+    Spacing is the detector pitch."""
     calibrated = _pair(ds, "PixelSpacing")
-    if calibrated is not None:
-        return calibrated, "PixelSpacing"
     imager = _pair(ds, "ImagerPixelSpacing")
+    # Pixel Spacing equal to Imager Pixel Spacing, with no calibration said to be done, is the
+    # detector's pitch copied over (PS3.3 C.8.11.7.1.1): millimetres at the detector, not the spine
+    copied = (
+        calibrated is not None
+        and imager is not None
+        and np.allclose(calibrated, imager, rtol=1e-6, atol=1e-9)
+        and not str(ds.get("PixelSpacingCalibrationType", "")).strip()
+    )
+    if calibrated is not None and not copied:
+        return calibrated, "PixelSpacing"
     if imager is not None:
         magnification = _number(ds, "EstimatedRadiographicMagnificationFactor")
         if magnification is not None and 1.0 <= magnification <= 3.0:

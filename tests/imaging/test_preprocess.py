@@ -80,6 +80,17 @@ def test_spacing_falls_back_to_imager_spacing_then_unknown(tmp_path: Path) -> No
     entry = write_image(image, tmp_path, SetOptions(seed=3, size_px=256))
     ds = pydicom.dcmread(tmp_path / entry["file"])
     calibrated = decode(ds).pixel_spacing_mm
+    copied = pydicom.dcmread(tmp_path / entry["file"])
+    copied.PixelSpacing = copied.ImagerPixelSpacing  # the pitch repeated, no calibration: detector mm
+    if "PixelSpacingCalibrationType" in copied:
+        del copied.PixelSpacingCalibrationType
+    assert decode(copied).spacing_source == "ImagerPixelSpacing/magnification"
+    del copied.EstimatedRadiographicMagnificationFactor
+    at_detector = decode(copied)
+    assert at_detector.spacing_source == "ImagerPixelSpacing"
+    assert at_detector.pixel_spacing_mm == pytest.approx(tuple(float(v) for v in copied.ImagerPixelSpacing))
+    copied.PixelSpacingCalibrationType = "GEOMETRY"  # calibrated, and equal by chance: believed
+    assert decode(copied).spacing_source == "PixelSpacing"
     del ds.PixelSpacing
     r = decode(ds)
     assert r.spacing_source == "ImagerPixelSpacing/magnification"

@@ -90,3 +90,17 @@ def test_a_lateral_facing_left_is_read_mirrored_and_measured_as_shown(pipeline: 
     left = facing_left.segmentation.probabilities
     assert np.abs(left[..., ::-1] - right).max() < 1e-3  # the same reading, shown the other way round
     assert facing_left.verdict.verdict == facing_right.verdict.verdict
+
+
+def test_detector_millimetres_are_said_to_be_at_the_detector(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Pixel Spacing that only repeats Imager Pixel Spacing, no magnification factor: the verdict says
+    its millimetres are at the detector (10-20 % larger than at the spine), in a note and in its facts."""
+    from tests.conftest import ideal_acquisition, render_case
+    from tests.qc.conftest import write_case
+
+    ds = pydicom.dcmread(write_case(render_case(ideal_acquisition("ap", projection="AP"), size_px=512), tmp_path))
+    ds.PixelSpacing = ds.ImagerPixelSpacing
+    del ds.PixelSpacingCalibrationType, ds.EstimatedRadiographicMagnificationFactor
+    verdict = pipeline.process(ds).verdict
+    assert verdict.image["spacing_source"] == "ImagerPixelSpacing"
+    assert any("millimetres are at the detector" in note for note in verdict.notes), verdict.notes
