@@ -141,3 +141,17 @@ def test_a_model_manifest_carries_its_reading_limits(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="min_body_fil"):
         load_manifest(folder)
     assert Config().model.path == DEFAULT_MODEL
+
+
+def test_a_field_that_cuts_l1_fails_upper_coverage_with_a_correction(pipeline: Pipeline, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    acq = replace(ideal_acquisition("ap", projection="AP"), faults=("cut_top",), fault_values={"cut_top": 60.0})
+    image = render_case(acq)
+    field = image.rendering.masks["field"]
+    l1 = image.rendering.unclipped["body_L1"]
+    assert 0.3 < (l1 & field).sum() / l1.sum() < 0.7  # the field edge runs through the middle of L1
+    verdict = pipeline.process(write_case(image, tmp_path)).verdict
+    assert verdict.verdict == "fail" and verdict.reason_code == "", verdict.summary()
+    upper = verdict.items["upper_coverage"]
+    assert upper.outcome == "fail" and "field" in upper.correction and "up" in upper.correction, upper.correction

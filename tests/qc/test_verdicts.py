@@ -90,6 +90,7 @@ def test_a_lateral_facing_left_is_read_mirrored_and_measured_as_shown(pipeline: 
     left = facing_left.segmentation.probabilities
     assert np.abs(left[..., ::-1] - right).max() < 1e-3  # the same reading, shown the other way round
     assert facing_left.verdict.verdict == facing_right.verdict.verdict
+    assert facing_left.verdict.view is not None and facing_left.verdict.view.judged == "lateral"
 
 
 def test_detector_millimetres_are_said_to_be_at_the_detector(pipeline: Pipeline, tmp_path: Path) -> None:

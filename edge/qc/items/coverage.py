@@ -192,12 +192,18 @@ def axis_tilt(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: 
 
 
 _MOVE: Final = {"top": "up", "bottom": "down", "left": "towards the image's left", "right": "towards the image's right"}
+# where a structure the field left out lies, by the item that asks for it
+_MISSING_TOWARDS: Final = {
+    "upper_coverage": "move the field up (towards the head)",
+    "lower_coverage": "move the field down (towards the feet)",
+}
 
 
 def coverage_correction(m: Measurement, rule: ItemRule, view: View) -> str:
     missing = m.detail.get("missing")
     if isinstance(missing, list) and missing:
-        return f"{', '.join(str(x) for x in missing)} not in the field: re-centre or open the field"
+        towards = _MISSING_TOWARDS.get(m.item, "re-centre")
+        return f"{', '.join(str(x) for x in missing)} not in the field: {towards}, or open the field"
     edge = str(m.detail.get("nearest_edge", ""))
     need = rule.number("min_margin_mm") - (m.value or 0.0)
     return f"move the field {_MOVE.get(edge, 'outwards')} (or open it) by at least {max(need, 5.0):.0f} mm"
