@@ -170,11 +170,10 @@ def assess(
         )
     if view.judged is None:
         return indeterminate("view unknown: neither the DICOM tags nor the model identify it", "view_unknown")
-    if view.agree is False:
-        notes.append(
-            f"view disagreement: DICOM says {view.from_tags}, the image looks like {view.from_model}"
-            f" ({view.model_confidence:.2f}); judged as {view.judged}"
-        )
+    disagreement = ""
+    if view.agree is False:  # one of the two is wrong, and nothing says which: not judged either way
+        disagreement = f"view: the DICOM tags say {view.from_tags}, the image looks {view.from_model}"
+        notes.append(f"{disagreement} ({view.model_confidence:.2f})")
     judged: View = view.judged  # type: ignore[assignment]
     field = field_box(seg)
     if field is None:
@@ -184,7 +183,7 @@ def assess(
     cut = bool(problem) and any(seg.touches_field(f"body_{lv}") for lv in spine.lumbar_levels)
     if problem and not cut:
         return indeterminate(problem, "not_lumbar_spine")
-    read = reading(seg, spine, judged, calibration)
+    read = reading(seg, spine, judged, calibration, disagreement)
     if not read.readable:
         reason, code = f"{UNREADABLE} ({', '.join(read.failed)})", "unreadable"
         misread = spine.misread()

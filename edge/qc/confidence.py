@@ -120,14 +120,17 @@ def body_signals(seg: Segmentation, level: str) -> dict[str, float] | None:
     }
 
 
-def reading(seg: Segmentation, spine: Spine, view: View, calibration: Calibration) -> Reading:
+def reading(
+    seg: Segmentation, spine: Spine, view: View, calibration: Calibration, view_disagreement: str = ""
+) -> Reading:
     """The reading checks over the lumbar bodies the spine step found, against `calibration`; a spine
-    whose bodies cannot be the levels named (`Spine.misread`) fails whatever the limits."""
+    whose bodies cannot be the levels named (`Spine.misread`), or a view the modality's tags and the
+    model disagree on (`view_disagreement` says how), fails whatever the limits."""
     # a body the field cuts is partial for a reason the coverage items judge, not a sign of a misreading
     whole = [lv for lv in spine.lumbar_levels if not seg.touches_field(f"body_{lv}")]
     signals = {lv: s for lv in whole if (s := body_signals(seg, lv)) is not None}
     misread = spine.misread()
-    failed: list[str] = [misread] if misread else []
+    failed: list[str] = [text for text in (view_disagreement, misread) if text]
     checks: dict[str, float] = {}
     if signals:
         worst_fill = min(signals, key=lambda lv: signals[lv]["fill"])

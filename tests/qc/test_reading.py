@@ -155,3 +155,16 @@ def test_a_field_that_cuts_l1_fails_upper_coverage_with_a_correction(pipeline: P
     assert verdict.verdict == "fail" and verdict.reason_code == "", verdict.summary()
     upper = verdict.items["upper_coverage"]
     assert upper.outcome == "fail" and "field" in upper.correction and "up" in upper.correction, upper.correction
+
+
+def test_a_view_the_tags_and_the_model_disagree_on_is_not_judged(pipeline: Pipeline, ap_case: Case) -> None:
+    """An AP whose tags say lateral: one of the two is wrong and nothing says which, so no item is
+    judged under either standard (a confident wrong view was a source of wrong verdicts on CT DRRs)."""
+    from dataclasses import replace
+
+    radiograph, masks, view, transform = ap_case
+    mistagged = replace(radiograph, view_from_tags="lateral")
+    verdict = _assess(pipeline, (mistagged, masks, view, transform), masks).verdict
+    assert verdict.verdict == "indeterminate" and verdict.reason_code == "unreadable"
+    assert "the DICOM tags say lateral" in verdict.reason and not verdict.items
+    assert verdict.view is not None and verdict.view.agree is False
