@@ -25,6 +25,7 @@ from edge.imaging.preprocess import make_transform
 from edge.imaging.radiograph import ExposureTags, Radiograph
 from edge.inference.backend import Backend, ModelOutputs
 from edge.qc.assess import assess
+from edge.qc.confidence import Calibration
 from edge.qc.segmentation import THRESHOLD
 from edge.qc.standard import Standard
 from edge.qc.structures import STRUCTURES
@@ -98,7 +99,9 @@ def nominal_radiograph(image: NDArray[np.float32]) -> Radiograph:
     )
 
 
-def _outcomes(image: NDArray[np.float32], outputs: ModelOutputs, standard: Standard) -> dict[str, str]:
+def _outcomes(
+    image: NDArray[np.float32], outputs: ModelOutputs, standard: Standard, calibration: Calibration
+) -> dict[str, str]:
     """Every QC item's outcome for one network output, judged by the pipeline's own assessment step."""
     size = outputs.masks.shape[-1]
     verdict = assess(
@@ -109,6 +112,7 @@ def _outcomes(image: NDArray[np.float32], outputs: ModelOutputs, standard: Stand
         standard,
         target_exposure_index={},
         versions={},
+        calibration=calibration,
     ).verdict
     if not verdict.items:
         return {"(image)": f"{verdict.verdict}: {verdict.reason}"}
@@ -148,7 +152,8 @@ def validate(manifest: ModelManifest, engine: Backend, reference: Backend, stand
                 truth_dice[name].append(t)
         same_view += int(np.argmax(got.view) == np.argmax(want.view))
         true_view += int(np.argmax(got.view) == truth_view)
-        got_outcomes, want_outcomes = _outcomes(image, got, standard), _outcomes(image, want, standard)
+        limits = manifest.reading_confidence
+        got_outcomes, want_outcomes = _outcomes(image, got, standard, limits), _outcomes(image, want, standard, limits)
         if got_outcomes == want_outcomes:
             same_verdict += 1
         else:
