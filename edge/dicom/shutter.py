@@ -26,6 +26,7 @@ from edge.imaging.radiograph import Shutter
 MIN_BURNT_IN_FRACTION: Final = 0.01
 # ...and one this wide leaves too little image to be a shutter of a radiograph.
 MAX_BURNT_IN_FRACTION: Final = 0.45
+LINES_PER_LOOK: Final = 32
 
 
 def _uniform_lines(stored: NDArray[np.integer], side: str, values: tuple[int, ...]) -> int:
@@ -41,8 +42,13 @@ def _uniform_lines(stored: NDArray[np.integer], side: str, values: tuple[int, ..
     value = int(strip[0, 0])
     if value not in values:
         return 0
-    uniform = np.all(strip == value, axis=1)
-    count = int(np.argmin(uniform)) if not uniform.all() else len(uniform)
+    count = 0  # lines looked at in chunks: the cost is the frame's depth, not the strip's
+    while count < len(strip):
+        uniform = np.all(strip[count : count + LINES_PER_LOOK] == value, axis=1)
+        if not uniform.all():
+            count += int(np.argmin(uniform))
+            break
+        count += len(uniform)
     minimum = (rows if side in ("top", "bottom") else cols) * MIN_BURNT_IN_FRACTION
     return count if count >= minimum else 0
 

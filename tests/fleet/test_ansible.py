@@ -350,8 +350,12 @@ def test_the_device_broker_stores_and_forwards_to_the_site_broker(staging: Stagi
     consumer.tls_set(ca_certs=str(tls / "ca.crt"))
 
     def device_broker() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_for(lambda: accepts(variables["edge_qc_mosquitto_port"]), timeout=10)
+        log = staging.folder / "device-broker.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+        port = variables["edge_qc_mosquitto_port"]
+        started = wait_for(lambda: accepts(port) or process.poll() is not None, timeout=30)
+        assert started and process.poll() is None, f"device broker on port {port}: {log.read_text()[-2000:]}"
         return process
 
     site.start()
