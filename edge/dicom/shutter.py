@@ -30,27 +30,34 @@ LINES_PER_LOOK: Final = 32
 
 
 def _uniform_lines(stored: NDArray[np.integer], side: str, values: tuple[int, ...]) -> int:
-    """How many whole lines from `side` inwards hold one value, the image's lowest or highest."""
+    """How many whole lines from `side` inwards hold one value, the image's lowest or highest. Lines
+    are looked at LINES_PER_LOOK at a time, in memory order (rows of a column block for the left and
+    right sides), so the cost is the frame's area, not the image's."""
     rows, cols = stored.shape
-    depth = int((rows if side in ("top", "bottom") else cols) * MAX_BURNT_IN_FRACTION)
-    strip = {
-        "top": stored[:depth],
-        "bottom": stored[rows - depth :][::-1],
-        "left": stored[:, :depth].T,
-        "right": stored[:, cols - depth :][:, ::-1].T,
-    }[side]
-    value = int(strip[0, 0])
+    along_rows = side in ("top", "bottom")
+    length = rows if along_rows else cols
+    depth = int(length * MAX_BURNT_IN_FRACTION)
+    corner = {"top": (0, 0), "bottom": (rows - 1, 0), "left": (0, 0), "right": (0, cols - 1)}[side]
+    value = int(stored[corner])
     if value not in values:
         return 0
-    count = 0  # lines looked at in chunks: the cost is the frame's depth, not the strip's
-    while count < len(strip):
-        uniform = np.all(strip[count : count + LINES_PER_LOOK] == value, axis=1)
-        if not uniform.all():
-            count += int(np.argmin(uniform))
-            break
-        count += len(uniform)
-    minimum = (rows if side in ("top", "bottom") else cols) * MIN_BURNT_IN_FRACTION
-    return count if count >= minimum else 0
+    count = 0
+    while count < depth:
+        n = min(LINES_PER_LOOK, depth - count)
+        if side == "top":
+            block, axis = stored[count : count + n], 1
+        elif side == "bottom":
+            block, axis = stored[rows - count - n : rows - count][::-1], 1
+        elif side == "left":
+            block, axis = stored[:, count : count + n], 0
+        else:
+            block, axis = stored[:, cols - count - n : cols - count][:, ::-1], 0
+        if int(block.min()) == int(block.max()) == value:  # two reductions, no mask: the common case
+            count += n
+            continue
+        count += int(np.argmin(np.all(block == value, axis=axis)))
+        break
+    return count if count >= length * MIN_BURNT_IN_FRACTION else 0
 
 
 def burnt_in(stored: NDArray[np.integer], padding: int | None = None) -> Shutter | None:
@@ -58,7 +65,10 @@ def burnt_in(stored: NDArray[np.integer], padding: int | None = None) -> Shutter
     padding (shown as background), not a shutter."""
     values = tuple(v for v in (int(stored.min()), int(stored.max())) if v != padding)
     top, bottom = _uniform_lines(stored, "top", values), _uniform_lines(stored, "bottom", values)
-    left, right = _uniform_lines(stored, "left", values), _uniform_lines(stored, "right", values)
+    middle = stored[top : stored.shape[0] - bottom]  # the rows above and below are shuttered already
+    if middle.shape[0] == 0:
+        return None
+    left, right = _uniform_lines(middle, "left", values), _uniform_lines(middle, "right", values)
     if not (top or bottom or left or right):
         return None
     rows, cols = stored.shape
