@@ -168,3 +168,19 @@ def test_a_view_the_tags_and_the_model_disagree_on_is_not_judged(pipeline: Pipel
     assert verdict.verdict == "indeterminate" and verdict.reason_code == "unreadable"
     assert "the DICOM tags say lateral" in verdict.reason and not verdict.items
     assert verdict.view is not None and verdict.view.agree is False
+
+
+def test_obliquity_without_articular_processes_takes_the_spinous_side(pipeline: Pipeline, tmp_path: Path) -> None:
+    """The articular processes say which side is posterior; where the model (or a CT's labels) has
+    none, the spinous process does, and the angle is the same within a degree."""
+    image = render_case(ideal_acquisition("oblique", projection="LPO"))
+    radiograph = decode_file(write_case(image, tmp_path))
+    net_input, transform = preprocess(radiograph.pixels, pipeline.manifest.input_size)
+    outputs = pipeline.backend.infer(net_input)
+    case = (radiograph, np.array(outputs.masks), np.array(outputs.view), transform)
+    full = _assess(pipeline, case, case[1]).verdict.items["obliquity"]
+    masks = case[1].copy()
+    masks[_channel("articular_process")] = 0.0
+    without = _assess(pipeline, case, masks).verdict.items["obliquity"]
+    assert full.value is not None and without.value is not None
+    assert abs(without.value - full.value) < 1.0

@@ -15,14 +15,18 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge.config import Config, ModelConfig
-from edge.imaging.preprocess import resample
+from edge.dicom.decode import decode, read_dataset
+from edge.imaging.preprocess import preprocess, resample
+from edge.inference.backend import ModelOutputs
 from edge.pipeline import Pipeline
+from edge.qc.assess import assess
 from edge.qc.segmentation import THRESHOLD
-from edge.qc.structures import LUMBAR_LEVELS, STRUCTURES, VERTEBRAL_LEVELS
+from edge.qc.structures import LUMBAR_LEVELS, STRUCTURES, VERTEBRAL_LEVELS, VIEW_CLASSES
 from tools.phantom.dataset import load_masks
 
 READ_DICE = 0.5
@@ -48,14 +52,68 @@ def levels_misread(probabilities: np.ndarray, truth: dict[str, np.ndarray], tran
     return wrong
 
 
+def truth_outputs(entry: dict[str, object], truth: dict[str, np.ndarray], transform: object) -> ModelOutputs:
+    """The DRR's exact labels as if a perfect model had output them: each labelled structure's mask
+    area-resampled onto the network grid (a probability of 0..1 at its edges), the true view one-hot."""
+    size = transform.size  # type: ignore[attr-defined]
+    masks = np.zeros((len(STRUCTURES), size, size), dtype=np.float32)
+    for name, mask in truth.items():
+        if name in STRUCTURES:
+            masks[STRUCTURES.index(name)] = resample(mask.astype(np.float32), transform)  # type: ignore[arg-type]
+    view = np.zeros(len(VIEW_CLASSES), dtype=np.float32)
+    view[VIEW_CLASSES.index(str(entry["view_class"]))] = 1.0
+    return ModelOutputs(masks, view)
+
+
+def effective_obliquity(pose: dict[str, float | str]) -> float:
+    """How far the CT was turned from AP (degrees): the oblique's turn plus the unintended rotation,
+    with the phantom's sign convention (tools.phantom.truth.effective_obliquity)."""
+    sign = {"LPO": 1.0, "RPO": -1.0}.get(str(pose["projection"]), 0.0)
+    return abs(sign * float(pose["obliquity_deg"]) + float(pose["rotation_deg"]))
+
+
+def measure_on_truth(pipeline: Pipeline, folder: Path, manifest: dict[str, Any]) -> int:
+    """The measurements on exact masks: does a constant fitted on the phantom transfer to real anatomy?"""
+    errors: list[float] = []
+    for entry in manifest["images"]:
+        if entry["view"] != "oblique":
+            continue
+        ds = read_dataset(folder / entry["file"])
+        radiograph = decode(ds)
+        _, transform = preprocess(radiograph.pixels, pipeline.manifest.input_size)
+        outputs = truth_outputs(entry, load_masks(folder / entry["masks"]), transform)
+        assessment = assess(
+            radiograph, outputs.masks, outputs.view, transform, pipeline.standard,
+            target_exposure_index={}, versions=pipeline.versions, calibration=pipeline.manifest.reading_confidence,
+        )  # fmt: skip
+        item = assessment.verdict.items.get("obliquity")
+        truth = effective_obliquity(entry["pose"])
+        if item is None or item.value is None:
+            why = assessment.verdict.reason or (item.message if item else "not measured")
+            print(f"  {entry['file']} ({entry['ct']}): truth {truth:.1f} deg, not measured: {why}")
+            continue
+        errors.append(item.value - truth)
+        print(f"  {entry['file']} ({entry['ct']}): truth {truth:.1f} deg, measured {item.value:.1f} deg")
+    if errors:
+        e = np.asarray(errors)
+        print(f"obliquity on exact masks: MAE {np.abs(e).mean():.1f} deg, bias {e.mean():+.1f} deg (n={len(e)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.ctdrr.judge", description=__doc__)
     parser.add_argument("--set", type=Path, required=True, help="a CT DRR set (python -m tools.ctdrr --out DIR)")
     parser.add_argument("--model", type=Path, help="a model version folder (default: the configured default)")
+    parser.add_argument(
+        "--truth-masks", action="store_true", help="measure on the exact labels instead of the model's masks"
+    )
     args = parser.parse_args(argv)
     manifest = json.loads((args.set / "manifest.json").read_text())
     config = Config() if args.model is None else Config(model=ModelConfig(path=args.model))
     pipeline = Pipeline(config)
+    if args.truth_masks:
+        print(f"measurements on the exact masks of {len(manifest['images'])} CT DRRs ({args.set}); domain: CT DRRs")
+        return measure_on_truth(pipeline, args.set, manifest)
     counts: Counter[str] = Counter()
     print(f"verdicts of {pipeline.manifest.label} on {len(manifest['images'])} CT DRRs ({args.set}); domain: CT DRRs")
     for entry in manifest["images"]:

@@ -38,7 +38,8 @@ FACET_ANGLE_TO_SAGITTAL_DEG: Final[dict[str, float]] = {
 
 def eye_positions(seg: Segmentation, spine: Spine, side: str) -> dict[str, float]:
     """Where the demonstrated pedicle (the Scotty dog's eye) sits across the body, L2-L4: 0 at the
-    anterior edge, 1 at the posterior edge. Posterior is the side of the articular processes."""
+    anterior edge, 1 at the posterior edge. Posterior is the side of the articular processes (or of
+    the spinous process where those were not found)."""
     out: dict[str, float] = {}
     for level in ("L2", "L3", "L4"):
         if level not in spine.centres:
@@ -46,7 +47,12 @@ def eye_positions(seg: Segmentation, spine: Spine, side: str) -> dict[str, float
         band = spine.band(level, *PEDICLE_BAND)
         eye = seg.centroid(f"pedicle_{side}", band)
         body = fine_points(seg.prob(f"body_{level}"), band)
-        posterior = seg.centroid("articular_process", spine.band(level, -0.8, 0.8))
+        around = spine.band(level, -0.8, 0.8)
+        # the articular processes mark the posterior side; where they were not found, the spinous
+        # process (also posterior of the body) does
+        posterior = seg.centroid("articular_process", around)
+        if posterior is None:
+            posterior = seg.centroid("spinous_process", around)
         if eye is None or len(body) < 4 or posterior is None:
             continue
         axis = spine.local_axis(level)
