@@ -75,8 +75,9 @@ def effective_obliquity(pose: dict[str, float | str]) -> float:
 def measure_on_truth(pipeline: Pipeline, folder: Path, manifest: dict[str, Any]) -> int:
     """The measurements on exact masks: does a constant fitted on the phantom transfer to real anatomy?"""
     errors: list[float] = []
+    endplates: list[float] = []  # laterals held nearly true: the doubling should be under a millimetre
     for entry in manifest["images"]:
-        if entry["view"] != "oblique":
+        if entry["view"] not in ("oblique", "lateral"):
             continue
         ds = read_dataset(folder / entry["file"])
         radiograph = decode(ds)
@@ -86,6 +87,18 @@ def measure_on_truth(pipeline: Pipeline, folder: Path, manifest: dict[str, Any])
             radiograph, outputs.masks, outputs.view, transform, pipeline.standard,
             target_exposure_index={}, versions=pipeline.versions, calibration=pipeline.manifest.reading_confidence,
         )  # fmt: skip
+        if entry["view"] == "lateral":
+            pose = entry["pose"]
+            double = assessment.verdict.items.get("tilt_double_endplates")
+            value = None if double is None else double.value
+            print(
+                f"  {entry['file']} ({entry['ct']}): tilt {float(pose['tilt_deg']):+.1f} deg, rotation"
+                f" {float(pose['rotation_deg']):+.1f} deg, double endplates measured"
+                f" {'-' if value is None else f'{value:.1f} mm'}"
+            )
+            if value is not None and abs(float(pose["tilt_deg"])) < 2 and abs(float(pose["rotation_deg"])) < 3:
+                endplates.append(value)
+            continue
         item = assessment.verdict.items.get("obliquity")
         truth = effective_obliquity(entry["pose"])
         if item is None or item.value is None:
@@ -97,6 +110,11 @@ def measure_on_truth(pipeline: Pipeline, folder: Path, manifest: dict[str, Any])
     if errors:
         e = np.asarray(errors)
         print(f"obliquity on exact masks: MAE {np.abs(e).mean():.1f} deg, bias {e.mean():+.1f} deg (n={len(e)})")
+    if endplates:
+        print(
+            f"double endplates on exact masks, laterals within 2 deg of tilt and 3 of rotation: median"
+            f" {np.median(endplates):.1f} mm, max {max(endplates):.1f} mm (n={len(endplates)}; expected under 1 mm)"
+        )
     return 0
 
 
