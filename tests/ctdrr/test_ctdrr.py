@@ -186,3 +186,26 @@ def test_most_renders_are_cropped_to_their_field_like_a_dr_system() -> None:
             assert r.detector.rows == 512  # rendered twice as fine before cropping
             assert min(r.stored.shape) >= 256  # never smaller than a radiograph may be
     assert cropped >= 2
+
+
+def test_judging_drrs_counts_wrong_anatomy_and_measures_on_exact_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tools.ctdrr.judge: verdicts checked against the labels, and the measurements on exact labels
+    (a perfect model), whose obliquity must land near the pose's."""
+    from tools.ctdrr.__main__ import main as render_set
+    from tools.ctdrr.judge import main as judge
+
+    folder = tmp_path / "drr"
+    arguments = ["--out", str(folder), "--count", "2", "--cts", "totalseg", "--views", "obl", "--size", "512"]
+    assert render_set(arguments) == 0
+    capsys.readouterr()
+    assert judge(["--set", str(folder)]) == 0
+    counts = capsys.readouterr().out.splitlines()[-1]
+    assert counts.startswith("counts: ") and "judged on wrong anatomy" in counts
+    assert judge(["--set", str(folder), "--truth-masks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    summary = [line for line in lines if line.startswith("obliquity on exact masks")]
+    assert summary, lines
+    mae = float(summary[0].split("MAE ")[1].split(" deg")[0])
+    assert mae < 12.0  # exact labels: the eye's position reads the turn to within a few degrees
