@@ -21,18 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge.qc.measure import Spine
 from edge.qc.segmentation import Segmentation
-from edge.qc.structures import STRUCTURES, VERTEBRAL_LEVELS, View
+from edge.qc.structures import BODY_CHANNELS, SI_JOINTS, STRUCTURES, View
 
 F32 = NDArray[np.float32]
-
-BODY_CHANNELS: Final = [STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS]
 
 
 @dataclass(frozen=True)
@@ -152,7 +149,7 @@ def reading(
                 failed.append("body_area_ratio")
     unreliable: set[str] = set()
     if view in ("ap", "oblique"):
-        left, right = seg.present("si_joint_left"), seg.present("si_joint_right")
+        left, right = (seg.present(j) for j in SI_JOINTS)
         if left != right:  # one joint without the other: the pelvis items cannot rely on either
-            unreliable |= {"si_joint_left", "si_joint_right"}
+            unreliable |= set(SI_JOINTS)
     return Reading(checks, tuple(failed), frozenset(unreliable))

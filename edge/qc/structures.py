@@ -31,6 +31,11 @@ STRUCTURES: Final[tuple[str, ...]] = (
     "articular_process",
 )
 
+# The vertebral bodies' channels, top to bottom (index an array with `list(BODY_CHANNELS)`), and the
+# paired SI joints (the pelvis items rely on both).
+BODY_CHANNELS: Final[tuple[int, ...]] = tuple(STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS)
+SI_JOINTS: Final[tuple[str, str]] = ("si_joint_left", "si_joint_right")
+
 # Where a structure is defined. Elsewhere its ground truth is empty by definition (an intervertebral
 # foramen is hidden behind the pedicles on an AP view), and training should not penalise it there.
 STRUCTURE_VIEWS: Final[dict[str, frozenset[View]]] = {name: frozenset(VIEWS) for name in STRUCTURES} | {

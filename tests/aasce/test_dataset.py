@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.imaging.preprocess import preprocess
-from edge.qc.structures import STRUCTURES
+from edge.qc.structures import BODY_CHANNELS, STRUCTURES
 from tools.aasce.dataset import (
     DEFAULT_ROOT,
     LEVELS,
@@ -21,7 +21,7 @@ from tools.aasce.dataset import (
     patient_of,
     split_of,
 )
-from tools.aasce.targets import BODY_CHANNELS, DISC_CHANNEL, film_targets, truth_quads
+from tools.aasce.targets import DISC_CHANNEL, film_targets, truth_quads
 from tools.evaluate_real.metrics import Grid, score_film
 from tools.evaluate_real.report import summarise
 from tools.evaluate_real.run import FilmResult

@@ -15,14 +15,13 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 from edge.imaging.preprocess import Transform
-from edge.qc.structures import STRUCTURES, VERTEBRAL_LEVELS
+from edge.qc.structures import BODY_CHANNELS, STRUCTURES, VERTEBRAL_LEVELS
 from tools.aasce.dataset import LEVELS, Film
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 
 SUPERSAMPLE: Final = 4  # polygons are drawn on a 4x finer grid and area-averaged: soft edges
-BODY_CHANNELS: Final = tuple(STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS)
 DISC_CHANNEL: Final = STRUCTURES.index("disc")
 DISC_UPPER_LEVELS: Final = ("T12", "L1", "L2", "L3", "L4")  # the labelled disc spaces below these
 # Where the unlabelled L5/S1 disc may lie: below L5's bottom edge, this many L5 heights down, and this

@@ -12,12 +12,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge.engines.precision import write_mixed_precision
-from edge.qc.structures import STRUCTURES, VERTEBRAL_LEVELS, VIEW_CLASSES, view_of_class
+from edge.qc.structures import BODY_CHANNELS, STRUCTURES, VIEW_CLASSES, view_of_class
 from tools.export.export import ort_session
 from tools.train.data import Samples, build_samples
 from tools.train.metrics import dice_scores
-
-BODY_CHANNELS = [STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS]
 
 
 @dataclass
@@ -43,7 +41,7 @@ def run_model(model_path: Path, samples: Samples) -> Scores:
 def summarise(scores: Scores, samples: Samples) -> dict[str, Any]:
     view_of = np.array([view_of_class(VIEW_CLASSES[v]) for v in samples.views])
     per_image = np.nanmean(scores.dice, axis=1)
-    bodies = scores.dice[:, BODY_CHANNELS]
+    bodies = scores.dice[:, list(BODY_CHANNELS)]
     out: dict[str, Any] = {"images": len(samples), "views": {}, "structures": {}}
     for view in ("ap", "lateral", "oblique"):
         sel = view_of == view

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from edge.config import Config, ModelConfig
 from edge.imaging.preprocess import Transform, preprocess
 from edge.pipeline import Pipeline
-from edge.qc.structures import STRUCTURES, VERTEBRAL_LEVELS
+from edge.qc.structures import BODY_CHANNELS
 from tools.aasce.dataset import Film
 from tools.aasce.dicom import film_dataset
 from tools.aasce.targets import truth_quads
@@ -25,7 +25,6 @@ from tools.evaluate_real.metrics import FilmScore, Grid, score_film
 
 Crop = Literal["lumbar", "whole"]
 F32 = NDArray[np.float32]
-BODY_CHANNELS = [STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS]
 
 
 @dataclass
@@ -69,7 +68,7 @@ class RealEvaluator:
         pixels = full[box[1] : box[3], box[0] : box[2]]
         net_input, transform = preprocess(pixels, self.pipeline.manifest.input_size)
         outputs = self.pipeline.backend.infer(net_input)
-        bodies = np.asarray(outputs.masks[BODY_CHANNELS], dtype=np.float32)
+        bodies = np.asarray(outputs.masks[list(BODY_CHANNELS)], dtype=np.float32)
         score = score_film(bodies, transform, Grid(*pixels.shape), truth_quads(film, box))
         stored = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)
         body_part = "LSPINE" if crop == "lumbar" else "SPINE"

@@ -7,12 +7,11 @@ import numpy as np
 import torch
 
 from edge.imaging.preprocess import preprocess
-from edge.qc.structures import LUMBAR_LEVELS, STRUCTURES, VERTEBRAL_LEVELS
+from edge.qc.structures import BODY_CHANNELS, LUMBAR_LEVELS, VERTEBRAL_LEVELS
 from tools.aasce.dataset import Film
 from tools.aasce.targets import film_targets
 from tools.train.model import ResUNet
 
-BODY_CHANNELS = [STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS]
 LUMBAR_ROWS = [VERTEBRAL_LEVELS.index(lv) for lv in LUMBAR_LEVELS]
 
 
@@ -25,7 +24,7 @@ class RealValidation:
             net_input, transform = preprocess(pixels, size)
             masks, _ = film_targets(film, crop, transform)
             inputs.append(net_input[0])
-            truths.append(masks[BODY_CHANNELS] > 127)
+            truths.append(masks[list(BODY_CHANNELS)] > 127)
         self.inputs = torch.from_numpy(np.stack(inputs))
         self.truths = np.stack(truths)  # films x 6 x S x S
 
@@ -35,7 +34,7 @@ class RealValidation:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for start in range(0, len(self.inputs), 8):
                 logits, _, _ = model(self.inputs[start : start + 8])
-                preds.append(logits.float()[:, BODY_CHANNELS].numpy() > 0.0)
+                preds.append(logits.float()[:, list(BODY_CHANNELS)].numpy() > 0.0)
         model.train()
         pred = np.concatenate(preds)  # films x 6 x S x S
         inter = np.einsum("npij,ntij->npt", pred.astype(np.float32), self.truths.astype(np.float32))

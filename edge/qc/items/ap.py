@@ -21,7 +21,7 @@ from edge.qc.measure import (
 )
 from edge.qc.rules import ItemRule
 from edge.qc.segmentation import Box, Segmentation, fine_points
-from edge.qc.structures import View
+from edge.qc.structures import SI_JOINTS, View
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -102,8 +102,7 @@ def rotation_pedicles(rule: ItemRule, seg: Segmentation, spine: Spine, field: Bo
 def pelvis_rotation(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
     a = seg.centroid("spinous_process", spine.band("L4", *SPINOUS_BAND)) if "L4" in spine.centres else None
     b = seg.centroid("spinous_process", spine.band("L5", *SPINOUS_BAND)) if "L5" in spine.centres else None
-    joints = ("si_joint_left", "si_joint_right")
-    left, right = (seg.centroid(j) if seg.present(j) else None for j in joints)  # specks are no joints
+    left, right = (seg.centroid(j) if seg.present(j) else None for j in SI_JOINTS)  # specks are no joints
     if a is None or b is None or left is None or right is None:
         return Measurement("pelvis_rotation", None, "ratio", reason="SI joints or lower spinous processes not found")
     # the line through the L4 and L5 spinous processes: its direction from the two bodies' centres
@@ -197,7 +196,7 @@ SPECS: Final = (
     ),
     ItemSpec(
         "pelvis_rotation", "within", ("min_ratio", "max_ratio"), pelvis_rotation, pelvis_correction,
-        structures=("si_joint_left", "si_joint_right"), borderline=0.03,
+        structures=SI_JOINTS, borderline=0.03,
     ),
     ItemSpec(
         "disc_spaces", "at_least", ("min_visible_levels",), disc_spaces, disc_correction,

@@ -20,7 +20,7 @@ from edge.qc.measure import (
 )
 from edge.qc.rules import ItemRule
 from edge.qc.segmentation import THRESHOLD, Box, Segmentation, fine_box
-from edge.qc.structures import LUMBAR_LEVELS, REQUIRED_STRUCTURES, View
+from edge.qc.structures import LUMBAR_LEVELS, REQUIRED_STRUCTURES, SI_JOINTS, View
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -72,8 +72,6 @@ def beside_si_joints(seg: Segmentation) -> F32:
     return keep
 
 
-SI_JOINTS: Final = ("si_joint_left", "si_joint_right")
-
 
 def required_box(seg: Segmentation, view: View) -> Box | None:
     """The extent of the anatomy the view must show; a missed SI joint is stood in for by the part of
@@ -111,8 +109,7 @@ def coverage(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
     if "structure" in rule.params:
         return _coverage_of(item, seg, (rule.text("structure"),), field, "xy", spine)
     if item == "lower_coverage" and ctx.view == "ap":
-        joints = SI_JOINTS
-        if not all(seg.present(j) for j in joints) and seg.present("sacrum"):
+        if not all(seg.present(j) for j in SI_JOINTS) and seg.present("sacrum"):
             # the model missed the joints (a field that cut them would cut the sacrum beside them too):
             # the joints lie beside the upper half of the sacrum, so that half is what must be in the field
             box = fine_box(beside_si_joints(seg))
@@ -122,7 +119,7 @@ def coverage(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
             detail["nearest_edge"] = min(gaps, key=lambda k: gaps[k])
             detail["note"] = "SI joints not found: measured beside them, on the upper half of the sacrum"
             return Measurement(item, margin, "mm", detail, cut=cut)
-        return _coverage_of(item, seg, joints, field, "xy")
+        return _coverage_of(item, seg, SI_JOINTS, field, "xy")
     if item == "lower_coverage":  # lateral: L5 and the L5/S1 disc with the top of the sacrum below it
         if not seg.present("sacrum") or "L5" not in spine.centres:
             missing = [n for n in ("body_L5", "sacrum") if not seg.present(n)]
@@ -236,7 +233,7 @@ SPECS: Final = (
     ),
     ItemSpec(
         "lower_coverage", "at_least", ("min_margin_mm",), coverage, coverage_correction,
-        optional=frozenset({"structure"}), structures=("si_joint_left", "si_joint_right", "sacrum", "body_L5"),
+        optional=frozenset({"structure"}), structures=(*SI_JOINTS, "sacrum", "body_L5"),
         borderline=2.0, relies_on=("sacrum", "body_L5"),  # missed SI joints: measured beside them
     ),
     ItemSpec(
