@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.qc.confidence import Calibration, reading
+from edge.qc.confidence import LIMITS, Calibration, reading
 from edge.qc.measure import Spine
 from edge.qc.structures import LUMBAR_LEVELS
 from tools.aasce.dataset import load_films
@@ -37,6 +37,7 @@ from tools.evaluate_real.run import RealEvaluator
 
 # no check fails: every value is reported
 PERMISSIVE = Calibration(min_body_fill=0.0, min_body_probability=0.0, max_level_ambiguity=1.0, max_body_area_ratio=1e9)
+# the limits tried, one row per check of edge.qc.confidence.LIMITS (same order)
 GRID: dict[str, Any] = {
     "min_body_fill": np.round(np.arange(0.10, 0.62, 0.02), 2),
     "min_body_probability": np.round(np.arange(0.70, 0.97, 0.01), 2),
@@ -91,15 +92,7 @@ def real_samples(evaluator: RealEvaluator, split: str) -> list[Sample]:
 
 
 def unreadable(sample: Sample, limits: Calibration) -> bool:
-    c = sample.checks
-    if not c:
-        return True
-    return (
-        c.get("body_fill", 1.0) < limits.min_body_fill
-        or c.get("body_probability", 1.0) < limits.min_body_probability
-        or c.get("level_ambiguity", 0.0) > limits.max_level_ambiguity
-        or c.get("body_area_ratio", 1.0) > limits.max_body_area_ratio
-    )
+    return not sample.checks or bool(limits.exceeded(sample.checks))
 
 
 def rates(samples: list[Sample], limits: Calibration) -> dict[str, float | int]:
@@ -119,20 +112,21 @@ def rates(samples: list[Sample], limits: Calibration) -> dict[str, float | int]:
 def fit(
     samples: list[Sample], phantom_budget: float, min_caught: float
 ) -> tuple[Calibration, dict[str, float | int]]:
-    """Every combination of GRID, vectorised over the samples."""
-    def column(key: str, missing: float) -> np.ndarray:
-        return np.array([s.checks.get(key, missing) for s in samples])
-
-    fill, probability = column("body_fill", 1.0), column("body_probability", 1.0)
-    ambiguity, ratio = column("level_ambiguity", 0.0), column("body_area_ratio", 1.0)
+    """Every combination of GRID, vectorised over the samples: `Calibration.exceeded` on arrays (a
+    check not made is NaN, which no comparison flags)."""
+    assert list(GRID) == [limit for limit, _ in LIMITS.values()], "GRID follows confidence.LIMITS"
+    columns = [
+        (np.array([s.checks.get(name, np.nan) for s in samples]), kind) for name, (_, kind) in LIMITS.items()
+    ]
     no_spine = np.array([not s.checks for s in samples])
     phantom = np.array([s.source == "phantom" for s in samples])
     wrong = np.array([s.source == "real" and not s.read_right for s in samples])
     right = np.array([s.source == "real" and s.read_right for s in samples])
     best: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     for values in itertools.product(*GRID.values()):
-        f, pr, am, ra = values
-        by_limits = (fill < f) | (probability < pr) | (ambiguity > am) | (ratio > ra)
+        by_limits = np.zeros(len(samples), dtype=bool)
+        for (column, kind), bound in zip(columns, values, strict=True):
+            by_limits |= column < bound if kind == "at_least" else column > bound
         if phantom.any() and (by_limits & ~no_spine)[phantom].mean() > phantom_budget:
             continue
         flagged = no_spine | by_limits
@@ -147,8 +141,7 @@ def fit(
             best = (key, values)
     if best is None:
         raise SystemExit("no limits keep the phantom within its budget")
-    f, pr, am, ra = (float(v) for v in best[1])
-    limits = Calibration(min_body_fill=f, min_body_probability=pr, max_level_ambiguity=am, max_body_area_ratio=ra)
+    limits = Calibration.from_mapping({limit: float(v) for limit, v in zip(GRID, best[1], strict=True)})
     return limits, rates(samples, limits)
 
 

@@ -186,9 +186,9 @@ def assess(
     read = reading(seg, spine, judged, calibration, disagreement)
     if not read.readable:
         reason, code = f"{UNREADABLE} ({', '.join(read.failed)})", "unreadable"
-        misread = spine.misread()
-        if misread and not radiograph.body_part:  # nothing says a spine was meant: it may be none
-            reason, code = f"{misread}: not a lumbar spine, or one that could not be read reliably", "not_lumbar_spine"
+        if read.misread and not radiograph.body_part:  # nothing says a spine was meant: it may be none
+            reason = f"{read.misread}: not a lumbar spine, or one that could not be read reliably"
+            code = "not_lumbar_spine"
         verdict = Verdict.indeterminate(
             reason=reason,
             code=code,

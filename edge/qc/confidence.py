@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
+from typing import Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,9 +33,19 @@ from edge.qc.structures import BODY_CHANNELS, SI_JOINTS, STRUCTURES, View
 F32 = NDArray[np.float32]
 
 
+# Each check and the limit it must keep (a field of `Calibration`): at least the minimum, or at most
+# the maximum. The one statement of the rule: `reading` and the calibration tool both go through it.
+LIMITS: Final[dict[str, tuple[str, Literal["at_least", "at_most"]]]] = {
+    "body_fill": ("min_body_fill", "at_least"),
+    "body_probability": ("min_body_probability", "at_least"),
+    "level_ambiguity": ("max_level_ambiguity", "at_most"),
+    "body_area_ratio": ("max_body_area_ratio", "at_most"),
+}
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """The limits of the reading checks (see `reading_checks`); versioned with the model they fit."""
+    """The limits of the reading checks (see `reading`); versioned with the model they fit."""
 
     # defaults: the limits fitted to model 0.2.0 (its manifest says how), for a model without its own
     min_body_fill: float = 0.28  # area / bounding-box area of the least compact lumbar body
@@ -60,6 +71,16 @@ class Calibration:
                 raise ValueError(f"reading_confidence.{key}: expected a number, got {value!r}")
         return cls(**values)  # type: ignore[arg-type]
 
+    def exceeded(self, checks: Mapping[str, float]) -> list[str]:
+        """The checks whose values lie beyond their limits, in LIMITS order (a check not made passes)."""
+        out = []
+        for name, (limit, kind) in LIMITS.items():
+            if name in checks:
+                value, bound = checks[name], float(getattr(self, limit))
+                if value < bound if kind == "at_least" else value > bound:
+                    out.append(name)
+        return out
+
 
 @dataclass(frozen=True)
 class Reading:
@@ -68,6 +89,7 @@ class Reading:
     checks: Mapping[str, float]
     failed: tuple[str, ...]  # failed checks, with the level where one applies ("body_fill L3"), or why misread
     unreliable: frozenset[str] = field(default_factory=frozenset)  # structures, for per-item indeterminates
+    misread: str = ""  # why the bodies cannot be the levels named (`Spine.misread`), "" when they can
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checks", MappingProxyType(dict(self.checks)))
@@ -129,27 +151,21 @@ def reading(
     misread = spine.misread()
     failed: list[str] = [text for text in (view_disagreement, misread) if text]
     checks: dict[str, float] = {}
+    worst: dict[str, str] = {}  # the level each per-body check was read on
     if signals:
-        worst_fill = min(signals, key=lambda lv: signals[lv]["fill"])
-        worst_probability = min(signals, key=lambda lv: signals[lv]["probability"])
-        worst_ambiguity = max(signals, key=lambda lv: signals[lv]["ambiguity"])
-        checks["body_fill"] = signals[worst_fill]["fill"]
-        checks["body_probability"] = signals[worst_probability]["probability"]
-        checks["level_ambiguity"] = signals[worst_ambiguity]["ambiguity"]
-        if checks["body_fill"] < calibration.min_body_fill:
-            failed.append(f"body_fill {worst_fill}")
-        if checks["body_probability"] < calibration.min_body_probability:
-            failed.append(f"body_probability {worst_probability}")
-        if checks["level_ambiguity"] > calibration.max_level_ambiguity:
-            failed.append(f"level_ambiguity {worst_ambiguity}")
+        worst["body_fill"] = min(signals, key=lambda lv: signals[lv]["fill"])
+        worst["body_probability"] = min(signals, key=lambda lv: signals[lv]["probability"])
+        worst["level_ambiguity"] = max(signals, key=lambda lv: signals[lv]["ambiguity"])
+        checks["body_fill"] = signals[worst["body_fill"]]["fill"]
+        checks["body_probability"] = signals[worst["body_probability"]]["probability"]
+        checks["level_ambiguity"] = signals[worst["level_ambiguity"]]["ambiguity"]
         areas = [signals[lv]["area"] for lv in signals]
         if len(areas) >= 2:
             checks["body_area_ratio"] = max(areas) / max(min(areas), 1.0)
-            if checks["body_area_ratio"] > calibration.max_body_area_ratio:
-                failed.append("body_area_ratio")
+    failed += [f"{name} {worst[name]}" if name in worst else name for name in calibration.exceeded(checks)]
     unreliable: set[str] = set()
     if view in ("ap", "oblique"):
         left, right = (seg.present(j) for j in SI_JOINTS)
         if left != right:  # one joint without the other: the pelvis items cannot rely on either
             unreliable |= set(SI_JOINTS)
-    return Reading(checks, tuple(failed), frozenset(unreliable))
+    return Reading(checks, tuple(failed), frozenset(unreliable), misread)
