@@ -203,8 +203,9 @@ def _check_header(ds: Dataset) -> None:
         raise Rejection("unsupported_bit_depth", f"{bits_stored} of {bits_allocated} allocated bits is not 8..16 bit")
 
 
-def _stored_pixels(ds: Dataset) -> NDArray[np.integer]:
-    """The stored values, read-only: uncompressed pixel data is a view on the received bytes, not a copy."""
+def _stored_pixels(ds: Dataset) -> tuple[NDArray[np.integer], tuple[int, int]]:
+    """The stored values, read-only (uncompressed pixel data is a view on the received bytes, not a
+    copy), and their min and max."""
     try:
         ds.pixel_array_options(view_only=True, correct_unused_bits=False)  # the bits are checked below
         arr = ds.pixel_array
@@ -224,33 +225,40 @@ def _stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits_stored - 1
 
 
-def _within_bits_stored(arr: NDArray[np.integer], bits_stored: int) -> NDArray[np.integer]:
+def _within_bits_stored(
+    arr: NDArray[np.integer], bits_stored: int
+) -> tuple[NDArray[np.integer], tuple[int, int]]:
     """Values with the bits above Bits Stored cleared (unsigned) or sign-extended (signed), as PS3.5
     8.1.1 asks: those bits may carry anything, overlays in old files. When they are already clean,
-    which a min/max shows, the view is kept: no copy and no two shifts over millions of pixels."""
+    which a min/max shows, the view is kept: no copy and no two shifts over millions of pixels. With
+    the values' min and max (which the rest of decoding needs too)."""
+    value_range = (int(arr.min()), int(arr.max()))
     allocated = arr.dtype.itemsize * 8
-    if bits_stored >= allocated:
-        return arr
-    lo, hi = _stored_range(bits_stored, arr.dtype.kind == "i")
-    if int(arr.min()) >= lo and int(arr.max()) <= hi:
-        return arr
+    lo, hi = _stored_range(min(bits_stored, allocated), arr.dtype.kind == "i")
+    if bits_stored >= allocated or (value_range[0] >= lo and value_range[1] <= hi):
+        return arr, value_range
     corrected = arr.copy()
     shift = allocated - bits_stored
     np.left_shift(corrected, shift, out=corrected)
     np.right_shift(corrected, shift, out=corrected)
-    return corrected
+    return corrected, (int(corrected.min()), int(corrected.max()))
 
 
-def _padding(ds: Dataset, stored: NDArray[np.integer]) -> Bool | None:
-    """Pixels the modality marked as padding: Pixel Padding Value, up to the Range Limit if given;
-    None when it marks none."""
+def _padding_value(ds: Dataset) -> int | None:
+    """Pixel Padding Value, or None when the dataset has none (absent or empty)."""
     value = ds.get("PixelPaddingValue")
-    if value is None or value == b"":
+    return None if value is None or value == b"" else int(value)
+
+
+def _padding(ds: Dataset, stored: NDArray[np.integer], value_range: tuple[int, int]) -> Bool | None:
+    """Pixels the modality marked as padding: Pixel Padding Value, up to the Range Limit if given;
+    None when it marks none. `value_range` is the stored values' min and max."""
+    value = _padding_value(ds)
+    if value is None:
         return None
-    value = int(value)
     limit = ds.get("PixelPaddingRangeLimit")
     lo, hi = sorted((value, value if limit is None else int(limit)))
-    if lo > int(stored.max()) or hi < int(stored.min()):
+    if lo > value_range[1] or hi < value_range[0]:
         return None
     padding = np.asarray(stored == lo) if lo == hi else np.asarray((stored >= lo) & (stored <= hi))
     return padding if padding.any() else None
@@ -300,13 +308,17 @@ def _inverted(ds: Dataset) -> bool:
     return photometric == "MONOCHROME1" or shape == "INVERSE"
 
 
-def display_pixels(ds: Dataset, stored: NDArray[np.generic] | None = None) -> F32:
-    """Stored pixel values -> display values in [0, 1] (Modality LUT, VOI LUT/window, Presentation LUT)."""
+def display_pixels(
+    ds: Dataset, stored: NDArray[np.generic] | None = None, value_range: tuple[int, int] | None = None
+) -> F32:
+    """Stored pixel values -> display values in [0, 1] (Modality LUT, VOI LUT/window, Presentation LUT).
+    `value_range`: the stored values' min and max, when the caller has them already."""
     arr = np.asarray(ds.pixel_array if stored is None else stored)
     if arr.dtype.kind not in "iu":
         arr = np.rint(arr).astype(np.int64)
-    lo_value, hi_value = int(arr.min()), int(arr.max())
-    padding = _padding(ds, arr)
+        value_range = None
+    lo_value, hi_value = value_range or (int(arr.min()), int(arr.max()))
+    padding = _padding(ds, arr, (lo_value, hi_value))
     used = (lo_value, hi_value)
     if padding is not None and not padding.all():
         image = arr[~padding]
@@ -354,9 +366,9 @@ def _view_code(ds: Dataset) -> str:
 def decode(ds: Dataset) -> Radiograph:
     """A parsed dataset -> `Radiograph`; raises `Rejection` for anything that is not one."""
     _check_header(ds)
-    stored = _stored_pixels(ds)
-    pixels = display_pixels(ds, stored)
-    shutter = find_shutter(ds, stored)
+    stored, value_range = _stored_pixels(ds)  # the min and max found once, shared by the steps below
+    pixels = display_pixels(ds, stored, value_range)
+    shutter = find_shutter(ds, stored, value_range, _padding_value(ds))
     if shutter is not None:
         shutter.paint(pixels, SHUTTER_DISPLAY)
     pixel_spacing, source = spacing(ds)

@@ -60,10 +60,14 @@ def _uniform_lines(stored: NDArray[np.integer], side: str, values: tuple[int, ..
     return count if count >= length * MIN_BURNT_IN_FRACTION else 0
 
 
-def burnt_in(stored: NDArray[np.integer], padding: int | None = None) -> Shutter | None:
-    """A rectangular shutter painted into the pixels, or None. Lines of the Pixel Padding Value are
-    padding (shown as background), not a shutter."""
-    values = tuple(v for v in (int(stored.min()), int(stored.max())) if v != padding)
+def burnt_in(
+    stored: NDArray[np.integer], value_range: tuple[int, int] | None = None, padding: int | None = None
+) -> Shutter | None:
+    """A rectangular shutter painted into the pixels, or None. `value_range` is the stored values' min
+    and max (found when not given). Lines of the Pixel Padding Value are padding (shown as background),
+    not a shutter."""
+    lowest, highest = value_range or (int(stored.min()), int(stored.max()))
+    values = tuple(v for v in (lowest, highest) if v != padding)
     top, bottom = _uniform_lines(stored, "top", values), _uniform_lines(stored, "bottom", values)
     middle = stored[top : stored.shape[0] - bottom]  # the rows above and below are shuttered already
     if middle.shape[0] == 0:
@@ -127,8 +131,10 @@ def from_tags(ds: Dataset, shape: tuple[int, int]) -> Shutter | None:
     return Shutter(box=box, mask=mask)
 
 
-def find(ds: Dataset, stored: NDArray[np.integer]) -> Shutter | None:
-    """The image's shutter from its tags, else one burnt into its pixels, else None."""
+def find(
+    ds: Dataset, stored: NDArray[np.integer], value_range: tuple[int, int], padding: int | None
+) -> Shutter | None:
+    """The image's shutter from its tags, else one burnt into its pixels (whose min and max are
+    `value_range`; `padding` the Pixel Padding Value, if any), else None."""
     shape = (int(stored.shape[0]), int(stored.shape[1]))
-    padding = ds.get("PixelPaddingValue")
-    return from_tags(ds, shape) or burnt_in(stored, None if padding is None or padding == b"" else int(padding))
+    return from_tags(ds, shape) or burnt_in(stored, value_range, padding)

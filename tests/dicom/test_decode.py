@@ -249,8 +249,9 @@ def test_signed_values_are_sign_extended_from_bits_stored() -> None:
 
     values = np.array([[-3, 5], [-2048, 2047]], dtype=np.int16)
     raw = values.view(np.uint16) & np.uint16(0x0FFF)  # 12 bits stored, top bits zero as some writers leave them
-    assert np.array_equal(_within_bits_stored(raw.view(np.int16), 12), values)
-    assert _within_bits_stored(values, 12) is values  # already sign-extended: kept as it is
+    extended, value_range = _within_bits_stored(raw.view(np.int16), 12)
+    assert np.array_equal(extended, values) and value_range == (-2048, 2047)
+    assert _within_bits_stored(values, 12)[0] is values  # already sign-extended: kept as it is
 
 
 def test_detector_clipping_is_found_per_region_on_square_and_resampled_pixels(phantom: Path) -> None:
