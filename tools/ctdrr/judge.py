@@ -27,14 +27,11 @@ from edge.pipeline import Pipeline
 from edge.qc.assess import assess
 from edge.qc.segmentation import THRESHOLD
 from edge.qc.structures import LUMBAR_LEVELS, STRUCTURES, VERTEBRAL_LEVELS, VIEW_CLASSES
+from tools.evaluate_real.metrics import dice
 from tools.phantom.dataset import load_masks
+from tools.phantom.truth import turned_from_ap
 
 READ_DICE = 0.5
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 0.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def levels_misread(probabilities: np.ndarray, truth: dict[str, np.ndarray], transform: object) -> list[str]:
@@ -46,7 +43,7 @@ def levels_misread(probabilities: np.ndarray, truth: dict[str, np.ndarray], tran
         if key not in truth or not truth[key].any():
             continue
         true = resample(truth[key].astype(np.float32), transform) > 0.5  # type: ignore[arg-type]
-        scores = {lv: _dice(mask, true) for lv, mask in predicted.items()}
+        scores = {lv: dice(mask, true) for lv, mask in predicted.items()}
         if scores[level] < READ_DICE or max(scores, key=lambda lv: scores[lv]) != level:
             wrong.append(level)
     return wrong
@@ -65,13 +62,6 @@ def truth_outputs(entry: dict[str, object], truth: dict[str, np.ndarray], transf
     return ModelOutputs(masks, view)
 
 
-def effective_obliquity(pose: dict[str, float | str]) -> float:
-    """How far the CT was turned from AP (degrees): the oblique's turn plus the unintended rotation,
-    with the phantom's sign convention (tools.phantom.truth.effective_obliquity)."""
-    sign = {"LPO": 1.0, "RPO": -1.0}.get(str(pose["projection"]), 0.0)
-    return abs(sign * float(pose["obliquity_deg"]) + float(pose["rotation_deg"]))
-
-
 def measure_on_truth(pipeline: Pipeline, folder: Path, manifest: dict[str, Any]) -> int:
     """The measurements on exact masks: does a constant fitted on the phantom transfer to real anatomy?"""
     errors: list[float] = []
@@ -79,6 +69,7 @@ def measure_on_truth(pipeline: Pipeline, folder: Path, manifest: dict[str, Any])
     for entry in manifest["images"]:
         if entry["view"] not in ("oblique", "lateral"):
             continue
+        pose = entry["pose"]
         ds = read_dataset(folder / entry["file"])
         radiograph = decode(ds)
         _, transform = preprocess(radiograph.pixels, pipeline.manifest.input_size)
@@ -88,7 +79,6 @@ def measure_on_truth(pipeline: Pipeline, folder: Path, manifest: dict[str, Any])
             target_exposure_index={}, versions=pipeline.versions, calibration=pipeline.manifest.reading_confidence,
         )  # fmt: skip
         if entry["view"] == "lateral":
-            pose = entry["pose"]
             double = assessment.verdict.items.get("tilt_double_endplates")
             value = None if double is None else double.value
             print(
@@ -100,7 +90,7 @@ def measure_on_truth(pipeline: Pipeline, folder: Path, manifest: dict[str, Any])
                 endplates.append(value)
             continue
         item = assessment.verdict.items.get("obliquity")
-        truth = effective_obliquity(entry["pose"])
+        truth = turned_from_ap(str(pose["projection"]), float(pose["obliquity_deg"]), float(pose["rotation_deg"]))
         if item is None or item.value is None:
             why = assessment.verdict.reason or (item.message if item else "not measured")
             print(f"  {entry['file']} ({entry['ct']}): truth {truth:.1f} deg, not measured: {why}")

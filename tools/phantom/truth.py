@@ -393,8 +393,14 @@ def _double_endplates(g: _Geometry, acq: Acquisition, rule: ItemRule) -> ItemTru
 
 def effective_obliquity(acq: Acquisition) -> float:
     """How far the patient is actually turned from AP/PA (degrees, magnitude)."""
-    sign = {"LPO": 1.0, "RAO": 1.0, "RPO": -1.0, "LAO": -1.0}.get(acq.projection, 0.0)
-    return abs(sign * acq.obliquity_deg + acq.rotation_deg) if sign else abs(acq.rotation_deg)
+    return turned_from_ap(acq.projection, acq.obliquity_deg, acq.rotation_deg)
+
+
+def turned_from_ap(projection: str, obliquity_deg: float, rotation_deg: float) -> float:
+    """The oblique's intended turn plus the unintended axial rotation, as a magnitude (degrees); the
+    CT DRRs' truth uses the same convention."""
+    sign = {"LPO": 1.0, "RAO": 1.0, "RPO": -1.0, "LAO": -1.0}.get(projection, 0.0)
+    return abs(sign * obliquity_deg + rotation_deg)
 
 
 def eye_position(g: _Geometry, acq: Acquisition, level: str) -> float:
