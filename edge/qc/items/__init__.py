@@ -23,12 +23,13 @@ ITEMS: Final[Mapping[str, ItemSpec]] = MappingProxyType(
 )
 # The items about where the field lies: measurable on a spine the field cuts down to a body or two.
 FIELD_ITEMS: Final = frozenset(spec.name for spec in coverage.SPECS)
+WHY_NOT_MEASURED: Final = "the field cuts the spine: judged once the spine is in the field"
 
 
 def measure_all(
     seg: Segmentation, spine: Spine, standard: Standard, ctx: Context, field: Box, only: frozenset[str] | None = None
 ) -> dict[str, Measurement]:
-    """Every item of the view's standard (or those in `only`; the rest unmeasured, with `why_not`)."""
+    """Every item of the view's standard (or those in `only`; the rest unmeasured, WHY_NOT_MEASURED)."""
     rules = standard.items[ctx.view]
     return {
         name: ITEMS[name].measure(rule, seg, spine, field, ctx)
@@ -36,6 +37,3 @@ def measure_all(
         else Measurement(name, None, "", reason=WHY_NOT_MEASURED)
         for name, rule in rules.items()
     }
-
-
-WHY_NOT_MEASURED: Final = "the field cuts the spine: judged once the spine is in the field"
