@@ -22,6 +22,7 @@ place that knows the items and their keys, applies and checks them (`edge-qc con
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -60,6 +61,39 @@ SECRETS: Final[dict[tuple[str, str], str]] = {
 }
 
 
+# Every integer key's accepted range, inclusive (None: no upper bound). `_typed_section` and the model
+# section check against this one table; tests/test_config.py checks that every integer field is in it.
+INT_RANGES: Final[dict[str, tuple[int, int | None]]] = {
+    "model.threads": (1, 64),
+    "dicom.port": (1, 65535),
+    "dicom.max_associations": (1, 64),
+    "dicom.max_associations_per_address": (1, 64),  # and at most dicom.max_associations
+    "dicom.association_timeout_s": (1, 300),
+    "dicom.max_pdu_bytes": (4096, 16777216),
+    "dicom.pdu_timeout_s": (1, 300),
+    "dicom.idle_timeout_s": (1, 3600),
+    "dicom.max_association_s": (10, 86400),
+    "dicom.max_dataset_bytes": (1048576, 4294967296),
+    "mqtt.port": (1, 65535),
+    "mqtt.ack_timeout_s": (1, 3600),
+    "service.queue_size": (1, 1000),
+    "service.decode_memory_bytes": (268435456, 17179869184),
+    "service.decode_timeout_s": (1, 600),
+    "service.max_attempts": (1, 100),
+    "service.min_free_bytes": (0, None),
+    "metrics.port": (1, 65535),
+}
+# Said after a range error where the range alone would puzzle.
+_RANGE_NOTES: Final[dict[str, str]] = {
+    "dicom.max_pdu_bytes": "0, which PS3.8 allows for 'unlimited', is refused: a peer's PDU length is capped by it",
+}
+# A title of the AE VR (PS3.5 6.2): 1-16 characters of the default repertoire (printable ASCII), no
+# backslash; leading and trailing spaces are padding, not part of the title.
+AE_TITLE_MAX: Final = 16
+# MQTT topic names (MQTT 3.1.1 4.7): UTF-8 of at most 65535 bytes, no wildcards in a PUBLISH, no NUL.
+TOPIC_MAX_BYTES: Final = 65535
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
 
@@ -95,9 +129,17 @@ class DicomConfig:
     # Until then it holds one of max_associations: a port scan must not keep the modality out for long.
     association_timeout_s: int = 10
     max_pdu_bytes: int = 262144  # larger PDUs cut the receive time of a 12 MB image (fewer, bigger reads)
+    # Hostile or broken peers (edge.dicom.guard): one address may hold this many connections at once, so
+    # a flood from one address never takes every slot of max_associations from the modality.
+    max_associations_per_address: int = 2
+    pdu_timeout_s: int = 10  # one PDU must arrive whole within this time of its first byte (slowloris)
+    idle_timeout_s: int = 30  # an association with no PDU for this long is aborted (pynetdicom's network timeout)
+    max_association_s: int = 900  # no association lasts longer, however busy
+    max_dataset_bytes: int = 268435456  # a larger dataset (one C-STORE) is refused and its association aborted
     tls_certfile: str = ""  # DICOM TLS when set: this appliance's certificate (PEM), with tls_keyfile
     tls_keyfile: str = ""
-    tls_keyfile_password: str = ""  # a secret: better from $CREDENTIALS_DIRECTORY or the environment (SECRETS)
+    # a secret: better from $CREDENTIALS_DIRECTORY or the environment (SECRETS); never in a repr
+    tls_keyfile_password: str = field(default="", repr=False)
     tls_ca_certs: str = ""  # when set, senders must present a certificate this CA signed (mutual TLS)
 
 
@@ -112,12 +154,14 @@ class MqttConfig:
     status_topic: str = "edgeqc/{site}/{room}/{device}/status"
     client_id: str = ""  # empty: edge-qc-<device>
     username: str = ""
-    password: str = ""  # a secret: better from $CREDENTIALS_DIRECTORY or the environment (SECRETS)
+    # a secret: better from $CREDENTIALS_DIRECTORY or the environment (SECRETS); never in a repr
+    password: str = field(default="", repr=False)
     ca_certs: str = ""  # TLS when set
     certfile: str = ""
     keyfile: str = ""
-    keyfile_password: str = ""  # a secret, as password
+    keyfile_password: str = field(default="", repr=False)  # a secret, as password
     send_uids: bool = False  # False: SOP Instance UIDs are hashed in payloads
+    ack_timeout_s: int = 30  # /readyz says not ready when a sent verdict waits longer than this for the broker
 
     def _named(self, template: str) -> str:
         return template.format(site=self.site, room=self.room, device=self.device)
@@ -143,6 +187,12 @@ class ServiceConfig:
     spool_dir: Path = Path("/var/lib/edge-qc/spool")
     outbox_path: Path = Path("/var/lib/edge-qc/outbox.sqlite")
     queue_size: int = 8  # images waiting for inference before receivers are held back
+    # Compressed and deflated datasets are decoded in a child process under these limits (edge.dicom.sandbox):
+    # a decompression bomb ends as a rejected verdict, never as a dead daemon.
+    decode_memory_bytes: int = 1610612736  # address space of the decoding process
+    decode_timeout_s: int = 20
+    max_attempts: int = 3  # an entry whose judging ended the daemon this often is quarantined (rejected verdict)
+    min_free_bytes: int = 536870912  # /readyz says not ready when the spool's disk has less free than this
 
 
 @dataclass(frozen=True)
@@ -177,6 +227,80 @@ def _number(value: object, key: str, where: str, positive: bool = True) -> float
     return float(value)
 
 
+def _shown(dotted: str, value: object) -> str:
+    """A value for an error message; a secret's is never shown (only its type)."""
+    section, _, key = dotted.partition(".")
+    if (section, key) in SECRETS:
+        return f"a value of type {type(value).__name__} (not shown: '{dotted}' is a secret)"
+    return repr(value)
+
+
+def _integer(value: object, dotted: str, where: str) -> int:
+    """An integer within its range in INT_RANGES (keys not there: at least 1)."""
+    lo, hi = INT_RANGES.get(dotted, (1, None))
+    span = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        note = f"; {_RANGE_NOTES[dotted]}" if dotted in _RANGE_NOTES else ""
+        raise ConfigError(f"{where}: '{dotted}' must be an integer {span}, got {_shown(dotted, value)}{note}")
+    return value
+
+
+def _ae_title(value: str, dotted: str, where: str) -> str:
+    """An AE title without its padding spaces, refused (naming `dotted`) unless PS3.5's AE VR allows it."""
+    title = value.strip(" ")
+    if not 1 <= len(title) <= AE_TITLE_MAX:
+        raise ConfigError(
+            f"{where}: '{dotted}' must be 1 to {AE_TITLE_MAX} characters (spaces around it not counted), got {value!r}"
+        )
+    if "\\" in title:
+        raise ConfigError(f"{where}: '{dotted}' must not contain a backslash, got {value!r}")
+    if not all(" " <= c <= "~" for c in title):
+        raise ConfigError(
+            f"{where}: '{dotted}' must be printable ASCII (the AE VR's default repertoire: no control or"
+            f" non-ASCII characters), got {value!r}"
+        )
+    return title
+
+
+def _ip_literal(value: str, dotted: str, where: str) -> str:
+    """A bind address: an IPv4 or IPv6 literal (a host name would be resolved once, at start, to one
+    address: the daemon's listening address must not depend on DNS)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: '{dotted}' must be an IPv4 or IPv6 address (0.0.0.0: every interface), got {value!r}"
+        ) from None
+    return value
+
+
+def _topic(mqtt: MqttConfig, key: str, where: str) -> str:
+    """`mqtt.<key>` with {site}, {room} and {device} filled in: a valid MQTT topic name to PUBLISH to."""
+    dotted = f"mqtt.{key}"
+    try:
+        topic = mqtt._named(getattr(mqtt, key))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"{where}: '{dotted}' may use {{site}}, {{room}} and {{device}} only ({exc})") from exc
+    if not topic:
+        raise ConfigError(f"{where}: '{dotted}' must not be empty")
+    for wildcard in ("+", "#"):
+        if wildcard in topic:
+            raise ConfigError(
+                f"{where}: '{dotted}' must not contain the MQTT wildcard '{wildcard}' (a PUBLISH topic), got {topic!r}"
+            )
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in topic):
+        raise ConfigError(f"{where}: '{dotted}' must not contain NUL or other control characters, got {topic!r}")
+    if topic.startswith("$"):
+        raise ConfigError(f"{where}: '{dotted}' must not start with '$' (topics the broker reserves), got {topic!r}")
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigError(f"{where}: '{dotted}' is not valid UTF-8 text") from None
+    if size > TOPIC_MAX_BYTES:
+        raise ConfigError(f"{where}: '{dotted}' is {size} bytes of UTF-8; MQTT allows at most {TOPIC_MAX_BYTES}")
+    return topic
+
+
 def _typed_section(data: Mapping[str, Any], name: str, cls: type[Any], where: str, base: Path) -> Any:
     """A flat table checked against a dataclass: unknown keys and wrong types name the key."""
     table = _table(data, name, where)
@@ -188,22 +312,72 @@ def _typed_section(data: Mapping[str, Any], name: str, cls: type[Any], where: st
         default, dotted = fields[key], f"{name}.{key}"
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ConfigError(f"{where}: '{dotted}' must be true or false, got {value!r}")
+                raise ConfigError(f"{where}: '{dotted}' must be true or false, got {_shown(dotted, value)}")
         elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{where}: '{dotted}' must be a positive integer, got {value!r}")
+            value = _integer(value, dotted, where)
         elif isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(f"{where}: '{dotted}' must be a list of non-empty strings, got {value!r}")
+                shown = _shown(dotted, value)
+                raise ConfigError(f"{where}: '{dotted}' must be a list of non-empty strings, got {shown}")
             value = tuple(value)
         elif isinstance(default, Path):
             if not isinstance(value, str) or not value:
-                raise ConfigError(f"{where}: '{dotted}' must be a non-empty path string, got {value!r}")
+                raise ConfigError(f"{where}: '{dotted}' must be a non-empty path string, got {_shown(dotted, value)}")
             value = base / value
         elif not isinstance(value, str):
-            raise ConfigError(f"{where}: '{dotted}' must be a string, got {value!r}")
+            raise ConfigError(f"{where}: '{dotted}' must be a string, got {_shown(dotted, value)}")
         values[key] = value
     return dataclasses.replace(defaults, **values)
+
+
+def _model_folder(value: object, where: str, base: Path) -> Path:
+    """`model.path` as the file sets it: a model version folder with its manifest.json, checked here.
+
+    Only a path the file names is checked, not the default: `Config()` and a file without `model.path`
+    must load where the default folder is absent (an installed appliance before its first engine is
+    activated, a test), and the daemon refuses a missing model itself when it loads it. A path the file
+    names explicitly is checked at parse time, like the TLS files, so that `edge-qc config-check` (Ansible's
+    `validate:`), `serve` and a SIGHUP reload all refuse a typo naming 'model.path', before anything starts.
+    The Ansible role therefore activates a new device's first engine before it writes site.toml."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: 'model.path' must be a non-empty string")
+    path = base / value
+    if not (path / "manifest.json").is_file():
+        what = "folder has no manifest.json" if path.is_dir() else "no such folder"
+        raise ConfigError(f"{where}: 'model.path': {path} is not a model version folder ({what})")
+    return path
+
+
+def _dicom(dicom: DicomConfig, where: str) -> DicomConfig:
+    """The checks of [dicom] beyond types and ranges: AE titles (without padding), bind, slot limits."""
+    def titles(key: str) -> tuple[str, ...]:
+        return tuple(_ae_title(v, f"dicom.{key}[{i}]", where) for i, v in enumerate(getattr(dicom, key)))
+
+    ae_title = _ae_title(dicom.ae_title, "dicom.ae_title", where)
+    allowed, probes = titles("allowed_calling_aets"), titles("probe_calling_aets")
+    _ip_literal(dicom.bind, "dicom.bind", where)
+    if dicom.max_associations_per_address > dicom.max_associations:
+        raise ConfigError(
+            f"{where}: 'dicom.max_associations_per_address' ({dicom.max_associations_per_address}) must not be"
+            f" more than 'dicom.max_associations' ({dicom.max_associations})"
+        )
+    return dataclasses.replace(dicom, ae_title=ae_title, allowed_calling_aets=allowed, probe_calling_aets=probes)
+
+
+def _topics(mqtt: MqttConfig, where: str) -> None:
+    """The verdict and status topics: valid PUBLISH topic names, from topic parts without MQTT's
+    separator or wildcards, and not the same topic."""
+    for part in ("site", "room", "device"):
+        value = getattr(mqtt, part)
+        bad = [c for c in ("+", "#", "/") if c in value]
+        if bad:
+            refused = " or ".join(map(repr, bad))
+            raise ConfigError(f"{where}: 'mqtt.{part}' is a topic level and must not contain {refused}, got {value!r}")
+    if _topic(mqtt, "topic", where) == _topic(mqtt, "status_topic", where):
+        raise ConfigError(
+            f"{where}: 'mqtt.status_topic' must differ from 'mqtt.topic' (both are {mqtt.verdict_topic!r}):"
+            " subscribers would take the retained online/offline status for a verdict"
+        )
 
 
 def _tls_files(dicom: DicomConfig, where: str, base: Path) -> DicomConfig:
@@ -234,8 +408,14 @@ def _secret(section: str, key: str, value: str, environ: Mapping[str, str], wher
         if path.is_file():
             try:
                 return path.read_text("utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{where}: '{section}.{key}': cannot read the credential {path} ({exc})") from exc
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}: '{section}.{key}': cannot read the credential {path} ({exc.strerror})"
+                ) from exc
+            except UnicodeDecodeError:  # its message quotes the secret's bytes
+                raise ConfigError(
+                    f"{where}: '{section}.{key}': cannot read the credential {path} (not UTF-8 text)"
+                ) from None
     return environ.get(SECRETS[(section, key)], "")
 
 
@@ -258,15 +438,11 @@ def parse_config(
     base = base_dir or Path.cwd()
     model = ModelConfig()
     if "path" in model_t:
-        if not isinstance(model_t["path"], str) or not model_t["path"]:
-            raise ConfigError(f"{where}: 'model.path' must be a non-empty string")
-        model = ModelConfig(path=base / model_t["path"], backend=model.backend, threads=model.threads)
+        model = ModelConfig(path=_model_folder(model_t["path"], where, base))
     backend = model_t.get("backend", model.backend)
     if backend not in BACKENDS:
         raise ConfigError(f"{where}: 'model.backend' must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    threads = model_t.get("threads", model.threads)
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
-        raise ConfigError(f"{where}: 'model.threads' must be an integer 1..64, got {threads!r}")
+    threads = _integer(model_t.get("threads", model.threads), "model.threads", where)
     engine = None
     if "engine" in model_t:
         if not isinstance(model_t["engine"], str) or not model_t["engine"]:
@@ -298,24 +474,13 @@ def parse_config(
             if not isinstance(params, dict):
                 raise ConfigError(f"{where}: 'qc.overrides.{view}.{item}' must be a table")
             overrides.setdefault(view, {})[item] = dict(params)
-    dicom = _typed_section(data, "dicom", DicomConfig, where, base)
-    if not 1 <= len(dicom.ae_title) <= 16:
-        raise ConfigError(f"{where}: 'dicom.ae_title' must be 1 to 16 characters, got {dicom.ae_title!r}")
-    if dicom.port > 65535:
-        raise ConfigError(f"{where}: 'dicom.port' must be a TCP port (1..65535), got {dicom.port}")
+    dicom = _dicom(_typed_section(data, "dicom", DicomConfig, where, base), where)
     dicom = _with_secrets(_tls_files(dicom, where, base), "dicom", environ, where)
     mqtt = _with_secrets(_typed_section(data, "mqtt", MqttConfig, where, base), "mqtt", environ, where)
-    if mqtt.port > 65535:
-        raise ConfigError(f"{where}: 'mqtt.port' must be a TCP port (1..65535), got {mqtt.port}")
-    for key in ("topic", "status_topic"):
-        try:
-            mqtt._named(getattr(mqtt, key))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"{where}: 'mqtt.{key}' may use {{site}}, {{room}} and {{device}} only ({exc})") from exc
+    _topics(mqtt, where)
     service = _typed_section(data, "service", ServiceConfig, where, base)
     metrics = _typed_section(data, "metrics", MetricsConfig, where, base)
-    if metrics.port > 65535:
-        raise ConfigError(f"{where}: 'metrics.port' must be a TCP port (1..65535), got {metrics.port}")
+    _ip_literal(metrics.bind, "metrics.bind", where)
     return Config(
         model=model,
         qc=QcConfig(standard, targets, overrides),

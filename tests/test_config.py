@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import edge
-from edge.config import Config, ConfigError, load_config
+from edge.config import INT_RANGES, Config, ConfigError, load_config, parse_config
 from edge.qc.standard import site_standard
 
 GOOD = """
@@ -130,3 +132,291 @@ def test_secrets_come_from_systemd_credentials_or_the_environment(tmp_path: Path
     (credentials / "mqtt.keyfile_password").write_bytes(b"\xff\xfe not text")
     with pytest.raises(ConfigError, match=r"site.toml: 'mqtt.keyfile_password': cannot read the credential"):
         parse_config({}, "site.toml", environ=environ)
+
+
+# ---------------------------------------------------------------- validation of every value (issue 15)
+
+SHIPPED_MODEL = Path(edge.__file__).resolve().parent.parent / "engines" / "lumbar-resunet" / "0.2.0"
+
+# The ranges the daemon documents, written out here (not read from edge.config.INT_RANGES) so that a
+# changed table fails a test: dotted key -> (lowest accepted, highest accepted or None).
+RANGES: dict[str, tuple[int, int | None]] = {
+    "model.threads": (1, 64),
+    "dicom.port": (1, 65535),
+    "dicom.max_pdu_bytes": (4096, 16777216),
+    "dicom.max_associations": (1, 64),
+    "dicom.max_associations_per_address": (1, 64),
+    "dicom.association_timeout_s": (1, 300),
+    "dicom.pdu_timeout_s": (1, 300),
+    "dicom.idle_timeout_s": (1, 3600),
+    "dicom.max_association_s": (10, 86400),
+    "dicom.max_dataset_bytes": (1048576, 4294967296),
+    "service.queue_size": (1, 1000),
+    "service.decode_memory_bytes": (268435456, 17179869184),
+    "service.decode_timeout_s": (1, 600),
+    "service.max_attempts": (1, 100),
+    "service.min_free_bytes": (0, None),
+    "mqtt.port": (1, 65535),
+    "mqtt.ack_timeout_s": (1, 3600),
+    "metrics.port": (1, 65535),
+}
+
+
+def _with(dotted: str, value: object, **more: object) -> dict[str, Any]:
+    """A parsed TOML document setting `dotted` (and `more`, as dotted=value pairs with '__' for '.')."""
+    data: dict[str, Any] = {}
+    for key, v in [(dotted, value), *((k.replace("__", "."), v) for k, v in more.items())]:
+        section, name = key.split(".", 1)
+        data.setdefault(section, {})[name] = v
+    # each limit alone, not the check that max_associations_per_address <= max_associations
+    if dotted == "dicom.max_associations_per_address":
+        data["dicom"].setdefault("max_associations", 64)
+    if dotted == "dicom.max_associations":
+        data["dicom"].setdefault("max_associations_per_address", 1)
+    return data
+
+
+def _refused(data: Mapping[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        config = parse_config(data, "site.toml", environ={})
+        site_standard(config.qc, config.source)
+    message = str(info.value)
+    assert "site.toml" in message
+    return message
+
+
+def test_defaults_and_an_empty_file_parse() -> None:
+    assert dataclasses.replace(parse_config({}, environ={}), source=Config().source) == Config()
+    assert Config().metrics.bind == "127.0.0.1"
+
+
+def test_every_integer_key_has_its_range_in_the_one_table() -> None:
+    integers = {
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(Config)
+        if section.name != "source"
+        for f in dataclasses.fields(getattr(Config(), section.name))
+        if type(getattr(getattr(Config(), section.name), f.name)) is int
+    }
+    assert integers == set(RANGES) == set(INT_RANGES)
+    assert INT_RANGES == RANGES
+
+
+@pytest.mark.parametrize("dotted", sorted(RANGES))
+def test_integer_ranges_refuse_below_and_above_naming_the_key_and_the_range(dotted: str) -> None:
+    lo, hi = RANGES[dotted]
+    span = f"{lo}..{hi}" if hi is not None else f"at least {lo}"
+    outside = [lo - 1, "8", True, 1.5] + ([hi + 1] if hi is not None else [])
+    for value in outside:
+        message = _refused(_with(dotted, value))
+        assert f"'{dotted}'" in message and span in message, message
+
+
+@pytest.mark.parametrize("dotted", sorted(RANGES))
+def test_integer_ranges_accept_their_ends(dotted: str) -> None:
+    lo, hi = RANGES[dotted]
+    section, key = dotted.split(".")
+    for value in [lo] + ([hi] if hi is not None else [lo + 10**12]):
+        config = parse_config(_with(dotted, value), "site.toml", environ={})
+        assert getattr(getattr(config, section), key) == value
+
+
+def test_accepted_edge_values() -> None:
+    config = parse_config(
+        _with("dicom.port", 65535, mqtt__port=65535, metrics__port=1, service__min_free_bytes=0), environ={}
+    )
+    assert (config.dicom.port, config.mqtt.port, config.metrics.port) == (65535, 65535, 1)
+    assert config.service.min_free_bytes == 0
+
+
+def test_unlimited_pdu_length_is_refused_and_said_why() -> None:
+    message = _refused(_with("dicom.max_pdu_bytes", 0))
+    assert "'dicom.max_pdu_bytes'" in message and "unlimited" in message
+
+
+def test_per_address_limit_may_not_exceed_the_association_limit() -> None:
+    data = {"dicom": {"max_associations": 4, "max_associations_per_address": 5}}
+    message = _refused(data)
+    assert "'dicom.max_associations_per_address'" in message and "'dicom.max_associations'" in message
+    config = parse_config({"dicom": {"max_associations": 4, "max_associations_per_address": 4}}, environ={})
+    assert config.dicom.max_associations_per_address == 4
+
+
+@pytest.mark.parametrize(
+    ("dicom", "names"),
+    [
+        ({"ae_title": "A" * 17}, "'dicom.ae_title'"),
+        ({"ae_title": "EDGE\\QC"}, "'dicom.ae_title'"),
+        ({"ae_title": "EDGE\x01QC"}, "'dicom.ae_title'"),
+        ({"ae_title": "EDGE\nQC"}, "'dicom.ae_title'"),
+        ({"ae_title": "ÉDGEQC"}, "'dicom.ae_title'"),
+        ({"ae_title": "   "}, "'dicom.ae_title'"),
+        ({"ae_title": ""}, "'dicom.ae_title'"),
+        ({"allowed_calling_aets": ["MODALITY", "B" * 17]}, "'dicom.allowed_calling_aets[1]'"),
+        ({"allowed_calling_aets": ["CR\\1"]}, "'dicom.allowed_calling_aets[0]'"),
+        ({"allowed_calling_aets": ["  "]}, "'dicom.allowed_calling_aets[0]'"),
+        ({"probe_calling_aets": ["EDGEQC-PROBE-LONGER"]}, "'dicom.probe_calling_aets[0]'"),
+        ({"probe_calling_aets": ["PROBE\x00"]}, "'dicom.probe_calling_aets[0]'"),
+        ({"bind": "999.1.1.1"}, "'dicom.bind'"),
+        ({"bind": "localhost"}, "'dicom.bind'"),
+        ({"bind": ""}, "'dicom.bind'"),
+    ],
+)
+def test_ae_titles_and_bind_addresses_are_checked(dicom: dict[str, Any], names: str) -> None:
+    assert names in _refused({"dicom": dicom})
+
+
+def test_metrics_bind_must_be_an_address() -> None:
+    for value in ("999.1.1.1", "metrics.example", "127.0.0.1:9108"):
+        assert "'metrics.bind'" in _refused({"metrics": {"bind": value}})
+
+
+def test_good_ae_titles_and_addresses_pass_with_their_padding_removed() -> None:
+    config = parse_config(
+        {
+            "dicom": {
+                "ae_title": " " + "E" * 16 + "  ",
+                "allowed_calling_aets": [" MODALITY ", "CR-1 ROOM"],
+                "probe_calling_aets": ["EDGEQC-PROBE "],
+                "bind": "::",
+            },
+            "metrics": {"bind": "::1"},
+        },
+        environ={},
+    )
+    assert config.dicom.ae_title == "E" * 16
+    assert config.dicom.allowed_calling_aets == ("MODALITY", "CR-1 ROOM")
+    assert config.dicom.probe_calling_aets == ("EDGEQC-PROBE",)
+    assert (config.dicom.bind, config.metrics.bind) == ("::", "::1")
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "names"),
+    [
+        ({"topic": "edgeqc/+/verdict"}, "'mqtt.topic'"),
+        ({"topic": "edgeqc/{site}/#"}, "'mqtt.topic'"),
+        ({"topic": "edgeqc/a\x00b"}, "'mqtt.topic'"),
+        ({"topic": ""}, "'mqtt.topic'"),
+        ({"topic": "$SYS/edgeqc"}, "'mqtt.topic'"),
+        ({"topic": "t/" + "é" * 32767}, "'mqtt.topic'"),  # 65536 bytes of UTF-8
+        ({"topic": "edgeqc/{sight}"}, "'mqtt.topic'"),
+        ({"status_topic": "edgeqc/{device}/+"}, "'mqtt.status_topic'"),
+        ({"status_topic": "#"}, "'mqtt.status_topic'"),
+        ({"site": "north+"}, "'mqtt.site'"),
+        ({"room": "xr#1"}, "'mqtt.room'"),
+        ({"device": "jetson/7"}, "'mqtt.device'"),
+        ({"status_topic": "edgeqc/{site}/{room}/{device}/verdict"}, "'mqtt.status_topic' must differ"),
+        ({"topic": "edgeqc/{site}/out", "status_topic": "edgeqc/site/out"}, "'mqtt.status_topic' must differ"),
+    ],
+)
+def test_topics_are_publishable_and_distinct(mqtt: dict[str, Any], names: str) -> None:
+    assert names in _refused({"mqtt": mqtt})
+
+
+def test_the_longest_topic_mqtt_allows_passes() -> None:
+    topic = "t/" + "a" * 65533
+    assert parse_config({"mqtt": {"topic": topic}}, environ={}).mqtt.verdict_topic == topic
+
+
+def test_model_path_must_be_a_model_folder(tmp_path: Path) -> None:
+    message = _refused({"model": {"path": "/nonexistent"}})
+    assert "'model.path'" in message and "/nonexistent" in message
+    (tmp_path / "empty").mkdir()
+    message = _refused({"model": {"path": str(tmp_path / "empty")}})
+    assert "'model.path'" in message and "manifest.json" in message
+    assert parse_config({"model": {"path": str(SHIPPED_MODEL)}}, environ={}).model.path == SHIPPED_MODEL
+    relative = parse_config({"model": {"path": "0.2.0"}}, "site.toml", SHIPPED_MODEL.parent, environ={})
+    assert relative.model.path == SHIPPED_MODEL
+
+
+def test_config_check_refuses_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    path = tmp_path / "site.toml"
+    path.write_text('[model]\npath = "/nonexistent"\n')
+    assert main(["config-check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'model.path'" in err and "/nonexistent" in err
+    path.write_text(f'[model]\npath = "{SHIPPED_MODEL}"\n')
+    assert main(["config-check", str(path)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("[qc.overrides.ap.centring]\nmax_offset_fraction = -0.1", "qc.overrides.ap.centring.max_offset_fraction"),
+        ("[qc.overrides.ap.axis_tilt]\nmax_tilt_deg = -5", "qc.overrides.ap.axis_tilt.max_tilt_deg"),
+        ("[qc.overrides.ap.disc_spaces]\nmin_visible_levels = -1", "qc.overrides.ap.disc_spaces.min_visible_levels"),
+        ("[qc.overrides.ap.collimation]\nmargin_mm = -15.0", "qc.overrides.ap.collimation.margin_mm"),
+        ("[qc.overrides.ap.upper_coverage]\nmin_margin_mm = -2.0", "qc.overrides.ap.upper_coverage.min_margin_mm"),
+        ("[qc.overrides.oblique.obliquity]\nmin_angle_deg = -30.0", "qc.overrides.oblique.obliquity.min_angle_deg"),
+        ("[qc.overrides.lateral.foramina]\nmin_overlap = -0.5", "qc.overrides.lateral.foramina.min_overlap"),
+    ],
+)
+def test_negative_thresholds_are_refused(tmp_path: Path, override: str, names: str) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(override)
+    config = load_config(path)
+    with pytest.raises(ConfigError) as info:
+        site_standard(config.qc, config.source)
+    assert names in str(info.value) and "negative" in str(info.value) and "site.toml" in str(info.value)
+
+
+def test_signed_thresholds_may_be_negative(tmp_path: Path) -> None:
+    """The deviation index bands and the disc gap bound signed values: below zero is a real setting."""
+    path = tmp_path / "site.toml"
+    path.write_text(
+        "[qc.overrides.ap.exposure_index]\nfail_below = -2.5\nwarn_below = -0.5\nwarn_above = -0.1\n"
+        "[qc.overrides.lateral.disc_spaces]\nmin_gap_mm = -0.5\n"
+    )
+    config = load_config(path)
+    standard = site_standard(config.qc, config.source)
+    assert standard.rule("ap", "exposure_index").number("fail_below") == -2.5
+    assert standard.rule("ap", "exposure_index").number("warn_above") == -0.1
+    assert standard.rule("lateral", "disc_spaces").number("min_gap_mm") == -0.5
+
+
+@pytest.mark.parametrize("dotted", ["mqtt.password", "mqtt.keyfile_password", "dicom.tls_keyfile_password"])
+@pytest.mark.parametrize("value", [987654321, ["s3cret-in-a-list"], True, 12.75])
+def test_an_error_about_a_secret_never_shows_it(dotted: str, value: object) -> None:
+    message = _refused(_with(dotted, value))
+    assert f"'{dotted}'" in message
+    for shown in ("987654321", "s3cret", "True", "12.75"):
+        assert shown not in message, message
+
+
+def test_secrets_are_not_in_a_repr() -> None:
+    config = parse_config(
+        {"mqtt": {"password": "hunter2-mqtt", "keyfile_password": "hunter2-key"}},
+        environ={"EDGEQC_DICOM_TLS_KEYFILE_PASSWORD": "hunter2-tls"},
+    )
+    assert config.mqtt.password == "hunter2-mqtt" and config.dicom.tls_keyfile_password == "hunter2-tls"
+    assert "hunter2" not in repr(config) and "hunter2" not in str(config.mqtt)
+
+
+def test_an_unreadable_credential_is_not_quoted(tmp_path: Path) -> None:
+    (tmp_path / "mqtt.password").write_bytes(b"hunter\xe9two")
+    with pytest.raises(ConfigError) as info:
+        parse_config({}, "site.toml", environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    message = str(info.value)
+    assert "'mqtt.password'" in message and "not UTF-8" in message
+    assert "xe9" not in message and "hunter" not in message
+
+
+def test_the_ansible_role_binds_metrics_to_loopback_and_sets_every_new_key() -> None:
+    role = Path(edge.__file__).resolve().parent.parent / "ansible" / "roles" / "edge_qc"
+    defaults = (role / "defaults" / "main.yml").read_text()
+    assert re.search(r"^edge_qc_metrics_bind: 127\.0\.0\.1$", defaults, re.MULTILINE)
+    template = (role / "templates" / "site.toml.j2").read_text()
+    new_keys = {
+        "dicom": ["max_associations_per_address", "pdu_timeout_s", "idle_timeout_s", "max_association_s",
+                  "max_dataset_bytes"],
+        "service": ["decode_memory_bytes", "decode_timeout_s", "max_attempts", "min_free_bytes"],
+        "mqtt": ["ack_timeout_s"],
+    }  # fmt: skip
+    for section, keys in new_keys.items():
+        body = template.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
+        for key in keys:
+            variable = re.search(rf"^{key} = {{{{ (edge_qc_\w+) \| int }}}}$", body, re.MULTILINE)
+            assert variable, f"{section}.{key} not in site.toml.j2"
+            assert re.search(rf"^{variable[1]}: \d+", defaults, re.MULTILINE), f"{variable[1]} has no default"

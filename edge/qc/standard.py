@@ -30,6 +30,15 @@ _OPTIONAL_PARAMS: Final[dict[str, frozenset[str]]] = {name: spec.optional for na
 
 DEFAULT_STANDARD: Final = "lumbar-1.0.toml"
 
+# Thresholds a site may set below zero, because what they bound is signed and a negative bound changes
+# the judgement: the exposure deviation index (IEC 62494-1; the lower bands are negative in the shipped
+# standard) and the disc gap (negative where two bodies overlap; edge.qc.items.ap.disc_spaces). Every
+# other threshold bounds a count, a fraction, a ratio, an eye position, an angle's size or a length, and
+# a negative override is refused. A coverage margin is signed too, but a structure nearer the field's edge
+# than the edge tolerance is "cut" and fails whatever min_margin_mm says: a negative minimum would be a
+# no-op that looks like a tolerance, so it is refused as well.
+SIGNED_PARAMS: Final = frozenset({"fail_below", "fail_above", "warn_below", "warn_above", "min_gap_mm"})
+
 
 def allowed_keys(item: str) -> frozenset[str]:
     """The keys an item's table may hold: its parameters, optional ones, severity and message (the one
@@ -131,6 +140,12 @@ def site_standard(qc: QcConfig, source: str) -> Standard:
                 if key not in allowed_keys(item):
                     allowed = ", ".join(sorted(allowed_keys(item)))
                     raise ConfigError(f"{source}: qc.overrides.{view}.{item}.{key}: unknown key ({allowed})")
+                negative = isinstance(value, int | float) and not isinstance(value, bool) and value < 0
+                if negative and key not in SIGNED_PARAMS:
+                    raise ConfigError(
+                        f"{source}: qc.overrides.{view}.{item}.{key}: must not be negative, got {value!r}"
+                        f" (only {', '.join(sorted(SIGNED_PARAMS & allowed_keys(item))) or 'none'} of this item may be)"
+                    )
                 table[key] = value
     where = str(qc.standard or f"edge/qc/standards/{DEFAULT_STANDARD}")
     try:
