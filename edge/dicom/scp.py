@@ -41,6 +41,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from edge.config import ConfigError, DicomConfig
+from edge.dicom.guard import GuardedSocket, GuardedTlsSocket, Limits, framer_of, guard_plain, guard_tls
 from edge.dicom.spool import Arrival, Spool
 
 log = logging.getLogger("edge.dicom.scp")
@@ -94,14 +95,29 @@ def server_tls(settings: DicomConfig) -> ssl.SSLContext | None:
 class _FilteringServer(ThreadedAssociationServer):
     allowed_addresses: frozenset[str] = frozenset()
     refuse_all = False  # no calling AE title allowed: nobody may associate
+    limits: Limits
+    per_address = 2  # connections one address may hold at once
+
+    def server_activate(self) -> None:
+        self.connections: list[tuple[str, GuardedSocket | GuardedTlsSocket]] = []
+        self.connections_lock = threading.Lock()
+        super().server_activate()
 
     def get_request(self) -> tuple[Any, Any]:
-        """Accept; with TLS, the handshake runs later in the association's own thread (on its first
-        read), so a sender that connects and never completes it cannot stall the accept loop."""
+        """Accept, and put the guard (edge.dicom.guard) on the connection before pynetdicom reads a
+        byte of it. With TLS, the handshake runs later in the association's own thread (on its first
+        read, under the guard's deadline), so a sender that connects and never completes it cannot
+        stall the accept loop."""
         client, address = self.socket.accept()  # type: ignore[union-attr]
         if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-        return client, address
+            return guard_tls(client, self.ssl_context, self.limits), address
+        return guard_plain(client, self.limits), address
+
+    def open_connections(self) -> list[tuple[str, GuardedSocket | GuardedTlsSocket]]:
+        """The connections not yet closed (pynetdicom closes the socket when an association ends)."""
+        with self.connections_lock:
+            self.connections = [(host, s) for host, s in self.connections if s.fileno() != -1]
+            return list(self.connections)
 
     def shutdown(self) -> None:
         """Stop serving and close the socket. (pynetdicom's own shutdown also removes the server from
@@ -117,6 +133,16 @@ class _FilteringServer(ThreadedAssociationServer):
         if self.allowed_addresses and host not in self.allowed_addresses:
             log.warning("connection from %s refused: address not on the allow-list", host)
             return False
+        held = sum(1 for other, _ in self.open_connections() if other == host)
+        if held >= self.per_address:
+            log.warning(
+                "connection from %s refused: it already holds %d connections (max_associations_per_address)",
+                host,
+                held,
+            )
+            return False
+        with self.connections_lock:
+            self.connections.append((host, request))
         return True
 
 
@@ -132,12 +158,14 @@ class StorageScp:
         self.spool = spool
         self.on_arrival = on_arrival  # may block while the queue is full: back-pressure on the sender
         self.on_association = on_association  # "accepted" / "rejected"
-        self._first_pdu: dict[int, tuple[float, int]] = {}  # association -> when its current message began
+        # association -> when its current message began (perf_counter, ns since the epoch) and its bytes so far
+        self._first_pdu: dict[int, tuple[float, int, list[int]]] = {}
         ae = AE(ae_title=settings.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
         ae.maximum_associations = settings.max_associations
         ae.acse_timeout = settings.association_timeout_s
+        ae.network_timeout = settings.idle_timeout_s
         ae.maximum_pdu_size = settings.max_pdu_bytes
         ae.add_supported_context(VERIFICATION)
         for sop_class in STORAGE_CLASSES:
@@ -147,12 +175,24 @@ class StorageScp:
         self._server: ThreadedAssociationServer | None = None
 
     def _on_pdu(self, event: Event) -> None:
-        """Note when the first P-DATA PDU of a message arrives: the start of receiving it."""
-        if isinstance(event.pdu, P_DATA_TF):
-            self._first_pdu.setdefault(id(event.assoc), (time.perf_counter(), time.time_ns()))
+        """Note when the first P-DATA PDU of a message arrives (the start of receiving it) and count
+        the message's bytes: one over max_dataset_bytes drops the connection at its next read, before
+        pynetdicom has assembled (and copied) a dataset the daemon cannot hold."""
+        if not isinstance(event.pdu, P_DATA_TF):
+            return
+        began = self._first_pdu.setdefault(id(event.assoc), (time.perf_counter(), time.time_ns(), [0]))
+        began[2][0] += sum(len(item.data or b"") for item in event.pdu.presentation_data_value_items)
+        if began[2][0] > self.settings.max_dataset_bytes:
+            framer = framer_of(event.assoc)
+            if framer is not None and not framer.drop_reason:
+                framer.drop_reason = f"dataset larger than max_dataset_bytes ({self.settings.max_dataset_bytes})"
+                log.warning(
+                    "association from %s aborted: %s", event.assoc.requestor.address, framer.drop_reason
+                )
 
     def _message_began(self, event: Event) -> tuple[float, int]:
-        return self._first_pdu.pop(id(event.assoc), None) or (time.perf_counter(), time.time_ns())
+        began = self._first_pdu.pop(id(event.assoc), None)
+        return (began[0], began[1]) if began else (time.perf_counter(), time.time_ns())
 
     def _on_echo(self, event: Event) -> int:
         self._message_began(event)
@@ -194,8 +234,15 @@ class StorageScp:
             evt_handlers=handlers,
             server_class=_FilteringServer,
         )
-        server.allowed_addresses = frozenset(self.settings.allowed_addresses)  # type: ignore[attr-defined]
-        server.refuse_all = not self.settings.allowed_calling_aets  # type: ignore[attr-defined]
+        assert isinstance(server, _FilteringServer)
+        server.allowed_addresses = frozenset(self.settings.allowed_addresses)
+        server.refuse_all = not self.settings.allowed_calling_aets
+        server.per_address = self.settings.max_associations_per_address
+        server.limits = Limits(
+            max_pdu_bytes=self.settings.max_pdu_bytes,
+            pdu_timeout_s=self.settings.pdu_timeout_s,
+            max_association_s=self.settings.max_association_s,
+        )
         thread = threading.Thread(
             target=make_target(server.serve_forever),
             name=f"scp@{datetime.now():%H%M%S}",
@@ -208,6 +255,18 @@ class StorageScp:
     def active_associations(self) -> int:
         """Connections holding a slot of max_associations (including ones not yet associated)."""
         return len(self._ae.active_associations)
+
+    def slots_held_by_idle_peers(self, idle_s: float = 5.0) -> bool:
+        """Every slot of max_associations is held by a connection that sent nothing for `idle_s`: the
+        modality would be turned away (readiness says so)."""
+        if self._server is None:
+            return False
+        assert isinstance(self._server, _FilteringServer)
+        connections = self._server.open_connections()
+        now = time.monotonic()
+        return len(connections) >= self.settings.max_associations and all(
+            now - s.framer.last_read > idle_s for _, s in connections
+        )
 
     @property
     def port(self) -> int:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
-import ssl
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -15,53 +12,11 @@ import pytest
 from pynetdicom import AE
 
 from edge.config import ConfigError, DicomConfig
-from edge.dicom.scp import OUT_OF_RESOURCES, STORAGE_CLASSES, SUCCESS, VERIFICATION, StorageScp
-from edge.dicom.spool import Arrival, Spool
+from edge.dicom.scp import OUT_OF_RESOURCES, SUCCESS, VERIFICATION, StorageScp
+from edge.dicom.spool import Spool
 from tests.conftest import require_tool
-from tests.qc.conftest import fault_case, write_case
-from tools.testbed import free_port, wait_for
-
-STORESCU = Path("/usr/bin/storescu")  # DCMTK's, not the one pynetdicom installs into the venv
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_case(fault_case("ap", "cut_top", 61, size_px=512), tmp_path_factory.mktemp("scp"))
-
-
-def run_scp(spool: Spool, **changes: object) -> tuple[StorageScp, list[Arrival]]:
-    received: list[Arrival] = []
-    settings = DicomConfig(bind="127.0.0.1", port=free_port(), allowed_calling_aets=("MODALITY",))
-    settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
-    scp = StorageScp(settings, spool, received.append)
-    scp.start()
-    return scp, received
-
-
-Running = tuple[StorageScp, list[Arrival], Spool]
-
-
-@pytest.fixture
-def scp(tmp_path: Path) -> Iterator[Running]:
-    spool = Spool(tmp_path / "spool")
-    server, received = run_scp(spool)
-    yield server, received, spool
-    server.stop()
-
-
-def send(
-    port: int, path: Path, calling: str = "MODALITY", called: str = "EDGEQC", tls: ssl.SSLContext | None = None
-) -> int | None:
-    """C-STORE one file with pynetdicom; the status, or None when no association was established."""
-    ae = AE(ae_title=calling)
-    for sop_class in STORAGE_CLASSES:
-        ae.add_requested_context(sop_class)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=(tls, "127.0.0.1") if tls else None)
-    if not assoc.is_established:
-        return None
-    status = assoc.send_c_store(pydicom.dcmread(path))
-    assoc.release()
-    return int(status.Status) if status else None
+from tests.dicom.conftest import STORESCU, Running, client_tls, run_scp, send
+from tools.testbed import wait_for
 
 
 def test_store_spools_the_dataset_byte_for_byte_before_success(scp: Running, image: Path) -> None:
@@ -142,24 +97,20 @@ def test_silent_connections_hold_the_modality_out_only_for_the_association_timeo
         server.stop()
 
 
-def test_concurrent_senders_lose_nothing(scp: Running, image: Path) -> None:
-    server, received, spool = scp
+def test_concurrent_senders_lose_nothing(tmp_path: Path, image: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    server, received = run_scp(spool, max_associations_per_address=4)
+    request_stop = server.stop
     statuses: list[int | None] = []
     threads = [threading.Thread(target=lambda: statuses.append(send(server.port, image))) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    request_stop()
     assert statuses == [SUCCESS] * 4 and len(spool.pending()) == 4 == len(received)
     assert all(arrival.wait_spooled() for arrival in received)
     assert sorted(arrival.entry for arrival in received) == spool.pending()
-
-
-def client_tls(pki: Path, with_certificate: bool = True) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.crt"))
-    if with_certificate:
-        context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
-    return context
 
 
 def test_dicom_tls_admits_only_senders_with_a_certificate_from_the_ca(pki: Path, image: Path, tmp_path: Path) -> None:
