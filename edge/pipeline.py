@@ -18,10 +18,12 @@ from typing import Final
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 import edge
 from edge.config import Config
-from edge.dicom.decode import Rejection, decode, read_dataset
+from edge.dicom.decode import Rejection, decode, part10_meta, read_dataset
+from edge.dicom.sandbox import DecodeSandbox, SandboxLimits, needs_sandbox
 from edge.engines.manifest import ModelManifest, load_manifest
 from edge.imaging.preprocess import preprocess
 from edge.imaging.radiograph import Radiograph
@@ -35,6 +37,8 @@ from edge.qc.verdict import Verdict
 log = logging.getLogger("edge.pipeline")
 # How often the activation watcher looks at the engines directory's `current` pointer.
 ACTIVATION_POLL_S: Final = 0.5
+# Enough of a file to hold its Part 10 meta information (which says whether it is compressed).
+META_HEAD_BYTES: Final = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,13 @@ class Pipeline:
             backend, self.degraded = opened.backend, opened.degraded
         self.backend = backend
         self.backend.warm_up()
+        self.sandbox = DecodeSandbox(
+            SandboxLimits(
+                memory_bytes=config.service.decode_memory_bytes,
+                timeout_s=config.service.decode_timeout_s,
+                max_dataset_bytes=config.dicom.max_dataset_bytes,
+            )
+        )
         described = self.backend.describe()
         self.versions = {
             "edge_qc": edge.__version__,
@@ -77,11 +88,12 @@ class Pipeline:
 
     def close(self) -> None:
         self.backend.close()
+        self.sandbox.close()
 
     def _notes(self) -> list[str]:
         return [f"degraded: {self.degraded}; judged with ONNX Runtime on the CPU"] if self.degraded else []
 
-    def _rejected(self, exc: Rejection, timings: dict[str, float]) -> Result:
+    def rejected(self, exc: Rejection, timings: dict[str, float], sop_instance_uid: str = "") -> Result:
         verdict = Verdict.rejected(
             reason=exc.message,
             code=exc.reason,
@@ -89,8 +101,35 @@ class Pipeline:
             notes=self._notes(),
             timings_ms=timings,
             degraded=bool(self.degraded),
+            sop_instance_uid=sop_instance_uid,
         )
         return Result(verdict)
+
+    def read(self, source: bytes | Path | str) -> tuple[Radiograph, str]:
+        """Read and decode, and the SOP Instance UID the file's meta names. A compressed or deflated
+        dataset is decompressed in the sandbox (edge.dicom.sandbox) and read here uncompressed; an
+        uncompressed one never leaves this process."""
+        if isinstance(source, bytes):
+            head = source[:META_HEAD_BYTES]
+        else:
+            with open(source, "rb") as f:
+                head = f.read(META_HEAD_BYTES)
+        syntax, uid = part10_meta(head)
+        try:
+            if not needs_sandbox(syntax):
+                return decode(read_dataset(source)), uid
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
+            radiograph = decode(read_dataset(self.sandbox.transcode(data)))
+            return dataclasses.replace(radiograph, transfer_syntax=str(getattr(UID(syntax), "name", syntax))), uid
+        except Rejection as exc:
+            exc.sop_instance_uid = uid
+            raise
+        except OSError:
+            raise  # the file itself is gone or unreadable: the caller's to report, not the image's fault
+        except Exception as exc:  # a dataset this code did not foresee: a verdict that says so, never a crash
+            log.exception("decoding failed unexpectedly")
+            message = f"the image could not be decoded ({type(exc).__name__}): {exc}"
+            raise Rejection("internal_error", message, uid) from exc
 
     def process(self, source: bytes | Path | str | Dataset) -> Result:
         timings: dict[str, float] = {}
@@ -103,12 +142,11 @@ class Pipeline:
             t = now
 
         try:
-            ds = source if isinstance(source, Dataset) else read_dataset(source)
-            radiograph = decode(ds)
+            radiograph = decode(source) if isinstance(source, Dataset) else self.read(source)[0]
         except Rejection as exc:
             lap("decode")
             timings["total"] = (time.perf_counter() - start) * 1000
-            return self._rejected(exc, timings)
+            return self.rejected(exc, timings, exc.sop_instance_uid)
         lap("decode")
         net_input, transform = preprocess(radiograph.pixels, self.manifest.input_size)
         mirrored = radiograph.faces_left
@@ -167,6 +205,10 @@ class ReloadingPipeline:
     @property
     def versions(self) -> dict[str, str]:
         return self._pipeline.versions
+
+    def prestart(self) -> None:
+        """Start the decode sandbox's child now, so the first compressed image does not wait for it."""
+        self._pipeline.sandbox.start()
 
     def start_watching(self, interval_s: float = ACTIVATION_POLL_S) -> None:
         """Look for a moved pointer every `interval_s` in a thread of its own ("activation")."""

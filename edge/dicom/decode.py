@@ -18,6 +18,7 @@ import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from edge.dicom.shutter import find as find_shutter
@@ -108,13 +109,28 @@ class Rejection(Exception):  # noqa: N818 - an outcome the appliance reports, no
     """An input the appliance will not judge. `reason` is a stable code (a metric label), the message
     is for people."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, sop_instance_uid: str = "") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.sop_instance_uid = sop_instance_uid  # where the file names its image
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+
+def part10_meta(head: bytes) -> tuple[str, str]:
+    """The transfer syntax and the SOP Instance UID that a Part 10 file's meta information names,
+    from the file's first bytes, without reading (or inflating) the data set; ("", "") when it has
+    none. What is done with a dataset depends on the first, and a verdict on an unreadable one can
+    still name its image by the second."""
+    try:
+        stream = io.BytesIO(head)
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+    except Exception:  # not Part 10, a truncated head, a broken meta: the full read reports it
+        return "", ""
+    return str(meta.get("TransferSyntaxUID", "")), str(meta.get("MediaStorageSOPInstanceUID", ""))
 
 
 def read_dataset(source: bytes | Path | str) -> Dataset:
@@ -176,7 +192,7 @@ def spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
     return None, "unknown"
 
 
-def _check_header(ds: Dataset) -> None:
+def check_header(ds: Dataset) -> None:
     """Refuse what is not a single-frame greyscale projection radiograph, before touching pixels."""
     modality = str(ds.get("Modality", "")).upper()
     if modality not in PROJECTION_MODALITIES:
@@ -245,9 +261,16 @@ def _within_bits_stored(
 
 
 def _padding_value(ds: Dataset) -> int | None:
-    """Pixel Padding Value, or None when the dataset has none (absent or empty)."""
+    """Pixel Padding Value, or None when the dataset has none (absent or empty). In an implicit-VR file
+    pydicom cannot tell US from SS and leaves the raw bytes: Pixel Representation says which."""
     value = ds.get("PixelPaddingValue")
-    return None if value is None or value == b"" else int(value)
+    if value is None or value == b"":
+        return None
+    if isinstance(value, bytes):
+        if len(value) != 2:
+            raise Rejection("unreadable", f"Pixel Padding Value of {len(value)} bytes: a 16-bit value expected")
+        return int.from_bytes(value, "little", signed=int(ds.get("PixelRepresentation", 0)) == 1)
+    return int(value)
 
 
 def _padding(ds: Dataset, stored: NDArray[np.integer], value_range: tuple[int, int]) -> Bool | None:
@@ -365,7 +388,7 @@ def _view_code(ds: Dataset) -> str:
 
 def decode(ds: Dataset) -> Radiograph:
     """A parsed dataset -> `Radiograph`; raises `Rejection` for anything that is not one."""
-    _check_header(ds)
+    check_header(ds)
     stored, value_range = _stored_pixels(ds)  # the min and max found once, shared by the steps below
     pixels = display_pixels(ds, stored, value_range)
     shutter = find_shutter(ds, stored, value_range, _padding_value(ds))

@@ -125,9 +125,11 @@ class Verdict:
         notes: Iterable[str] = (),
         timings_ms: Mapping[str, float] | None = None,
         degraded: bool = False,
+        sop_instance_uid: str = "",
     ) -> Verdict:
-        """The image could not be read at all (not a radiograph, unsupported encoding...)."""
-        image = {"sop_instance_uid": ""}
+        """The image could not be read at all (not a radiograph, unsupported encoding, a decompression
+        bomb...). The SOP Instance UID, where the file names one, lets the sender match the verdict."""
+        image = {"sop_instance_uid": sop_instance_uid}
         return cls("rejected", reason, code, None, {}, tuple(notes), image, versions, timings_ms or {}, degraded)
 
     def with_timings(self, timings_ms: Mapping[str, float]) -> Verdict:
