@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge.config import Config
+from edge.dicom.decode import part10_meta
 from edge.dicom.scp import StorageScp
 from edge.dicom.spool import Arrival, Spool
 from edge.observability import Metrics, MetricsServer
@@ -33,6 +34,7 @@ from edge.systemd import Watchdog, notify
 
 log = logging.getLogger("edge.service")
 COMMIT_RETRY_S: Final = 5.0  # a verdict the outbox refused is judged again after this long
+IDLE_PEER_S: Final = 5.0  # an association that sent nothing for this long is idle (readiness)
 
 
 class Service:
@@ -41,7 +43,6 @@ class Service:
         mqtt = config.mqtt
         self.topic = mqtt.verdict_topic
         self.spool = Spool(config.service.spool_dir)
-        self.failed_dir = config.service.spool_dir / "failed"
         self.outbox = Outbox(config.service.outbox_path)
         self.pipeline = ReloadingPipeline(config)
         self.queue: queue.Queue[Arrival] = queue.Queue(maxsize=config.service.queue_size)
@@ -89,20 +90,33 @@ class Service:
             self.metrics.end_to_end_seconds.observe(max(time.time() - message.received_unix, 0.0))
 
     def ready(self) -> tuple[bool, str]:
-        """Ready to judge: model loaded, spool writable, broker connected (each named when not)."""
+        """Ready to judge and deliver: spool writable with room, broker connected and acknowledging,
+        outbox writable, an association slot free for the modality (each problem named)."""
         problems = []
         if not os.access(self.spool.root, os.W_OK):
             problems.append("spool not writable")
+        else:
+            free = shutil.disk_usage(self.spool.root).free
+            if free < self.config.service.min_free_bytes:
+                problems.append(f"spool disk nearly full ({free // 2**20} MiB free)")
         if not self.publisher.connected.is_set():
             problems.append("broker not connected")
+        problem = self.publisher.problem(self.config.mqtt.ack_timeout_s)
+        if problem:
+            problems.append(problem)
         if self._commit_problem:
             problems.append(self._commit_problem)
+        if self.scp.slots_held_by_idle_peers(IDLE_PEER_S):
+            problems.append(f"all {self.config.dicom.max_associations} DICOM association slots held by idle peers")
         return (not problems, "ready" if not problems else "; ".join(problems))
 
     def start(self) -> None:
-        recovered = self.spool.pending()
+        # Entries whose judging never ended (the daemon died on them) go last: they may be poison pills,
+        # and the images behind them must not wait on them.
+        recovered = sorted(self.spool.pending(), key=lambda entry: (self.spool.attempts(entry) > 0, entry.name))
         if recovered:
             log.info("recovering %d spooled images from before the last stop", len(recovered))
+        self.pipeline.prestart()
         if self.http is not None:
             self.http.start()
         self.publisher.start()
@@ -156,43 +170,84 @@ class Service:
                     self._follow_activation()
                 continue
             arrival.seconds["queue"] = time.perf_counter() - arrival.queued_at
-            entry, data = arrival.entry, arrival.data  # bytes while the spool write is under way, else read the entry
             with self._pipeline_lock:
                 self._follow_activation()  # a version loaded meanwhile serves from this image on
-            try:
+            self._judge(arrival)
+
+    def _judge(self, arrival: Arrival) -> None:
+        """One arrival to one verdict. The attempt is counted on disk first: if judging it ends the
+        process, the count survives and after max_attempts the entry is quarantined, with a verdict."""
+        entry, data = arrival.entry, arrival.data  # bytes while the spool write is under way, else read the entry
+        attempt = self.spool.begin_attempt(entry)
+        quarantine = attempt > self.config.service.max_attempts
+        try:
+            if quarantine:
+                verdict = self._unjudged(
+                    arrival,
+                    "quarantined",
+                    f"judging this image stopped the appliance {attempt - 1} times; it was set aside unjudged:"
+                    " check the image yourself",
+                )
+                log.error("%s: judging it ended the daemon %d times; quarantined", entry.name, attempt - 1)
+            else:
                 with self._pipeline_lock:
                     verdict = self.pipeline.process(entry if data is None else data).verdict
-            except Exception:  # an image the pipeline cannot handle is kept aside, never lost or retried forever
-                log.exception("processing %s failed; kept in %s", entry.name, self.failed_dir)
-                self.failed_dir.mkdir(parents=True, exist_ok=True)
-                if arrival.wait_spooled() and entry.exists():
-                    shutil.move(str(entry), self.failed_dir / entry.name)
-                continue
-            del data
-            if not arrival.wait_spooled():  # the modality heard "out of resources" and sends it again
-                log.warning("%s: not spooled, verdict discarded (the sender was told to retry)", entry.name)
-                continue
-            self._commit(arrival, verdict)
+        except OSError as exc:  # the spool entry could not be read: the disk's fault, not the image's
+            self.spool.end_attempt(entry)
+            log.error("%s: cannot be read (%s); judged again in %g s", entry.name, exc, COMMIT_RETRY_S)
+            self._retry(arrival)
+            return
+        except Exception:  # a fault of this code: the image still gets its verdict, once
+            log.exception("%s: judging failed unexpectedly", entry.name)
+            verdict = self._unjudged(
+                arrival, "internal_error", "the appliance failed to judge this image: check it yourself"
+            )
+        del data
+        if not arrival.wait_spooled():  # the modality heard "out of resources" and sends it again
+            self.spool.end_attempt(entry)
+            log.warning("%s: not spooled, verdict discarded (the sender was told to retry)", entry.name)
+            return
+        self._commit(arrival, verdict, quarantine)
 
-    def _commit(self, arrival: Arrival, verdict: Verdict) -> None:
-        """Outbox first, then the spool entry goes. When the outbox cannot be written (a full or
-        read-only disk) the image is not at fault: its entry stays in the spool, /readyz turns 503, and
-        the image is judged again after COMMIT_RETRY_S until the outbox takes it."""
+    def _unjudged(self, arrival: Arrival, code: str, reason: str) -> Verdict:
+        """A rejected verdict for an image that was not judged, naming it by the UID its file meta gives."""
+        head = arrival.data
+        if head is None:
+            try:
+                with open(arrival.entry, "rb") as f:
+                    head = f.read(1 << 16)
+            except OSError:
+                head = b""
+        uid = part10_meta(head[: 1 << 16])[1]
+        return Verdict.rejected(reason=reason, code=code, versions=self.pipeline.versions, sop_instance_uid=uid)
+
+    def _retry(self, arrival: Arrival) -> None:
+        retry = threading.Timer(COMMIT_RETRY_S, self._enqueue, (Arrival(arrival.entry, None),))
+        retry.daemon = True
+        retry.start()
+
+    def _commit(self, arrival: Arrival, verdict: Verdict, quarantine: bool = False) -> None:
+        """Outbox first, then the spool entry goes (or, for a poison pill, into quarantine). When the
+        outbox cannot be written (a full or read-only disk) the image is not at fault: its entry stays
+        in the spool, /readyz turns 503, and the image is judged again after COMMIT_RETRY_S until the
+        outbox takes it."""
         document = verdict.as_dict()
         identifier, payload = self.message(arrival, document)
         try:
             self.outbox.put(self.topic, payload, identifier, arrival.received_unix)
         except (sqlite3.Error, OSError) as exc:
             self._commit_problem = f"outbox cannot be written ({exc})"
+            self.spool.end_attempt(arrival.entry)
             log.error("%s: verdict not committed, %s; kept in the spool, retried in %g s",
                       arrival.entry.name, self._commit_problem, COMMIT_RETRY_S)
-            retry = threading.Timer(COMMIT_RETRY_S, self._enqueue, (Arrival(arrival.entry, None),))
-            retry.daemon = True
-            retry.start()
+            self._retry(arrival)
             return
         self._commit_problem = ""
         self.publisher.notify()
-        self.spool.remove(arrival.entry)
+        if quarantine:
+            self.spool.quarantine(arrival.entry)
+        else:
+            self.spool.remove(arrival.entry)
         for stage, seconds in arrival.seconds.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         self.metrics.degraded.set(1 if verdict.degraded else 0)

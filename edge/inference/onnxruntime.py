@@ -56,4 +56,5 @@ class OnnxRuntimeBackend:
         return ModelOutputs(masks=np.asarray(masks[0], np.float32), view=np.asarray(view[0], np.float32))
 
     def close(self) -> None:
-        del self._session
+        if hasattr(self, "_session"):  # closing twice is harmless
+            del self._session

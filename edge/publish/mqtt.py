@@ -9,6 +9,7 @@ connected, and the broker publishes the last will "offline" when the appliance v
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttConfig
 from edge.publish.outbox import Message, Outbox
+
+log = logging.getLogger("edge.publish.mqtt")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class Publisher:
         self.on_failure = on_failure
         self.connected = threading.Event()
         self.published = 0
+        self.failures_in_a_row = 0  # publishes not acknowledged since the last one that was
+        self.waiting_since: float | None = None  # monotonic: when the message in front was first sent, unacknowledged
+        self._refused = ""  # the broker's last reason for refusing the connection (logged once per change)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._birth = dict(birth or {})
@@ -84,7 +90,13 @@ class Publisher:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if getattr(reason, "is_failure", False):
+            if str(reason) != self._refused:  # e.g. "Not authorized": a wrong password, logged without it
+                self._refused = str(reason)
+                log.error("the broker %s:%d refused the connection: %s", self.settings.host, self.settings.port, reason)
             return
+        if self._refused:
+            log.info("the broker %s:%d accepted the connection again", self.settings.host, self.settings.port)
+        self._refused = ""
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connected.set()
         self._wake.set()
@@ -114,6 +126,8 @@ class Publisher:
                 continue
             message = batch[0]
             started = time.monotonic()
+            if self.waiting_since is None:
+                self.waiting_since = started
             try:
                 info = self._client.publish(message.topic, message.payload, qos=1)
                 info.wait_for_publish(timeout=self.timing.ack_timeout_s)
@@ -123,12 +137,25 @@ class Publisher:
             if acknowledged:
                 self.outbox.remove(message.row)
                 self.published += 1
+                self.failures_in_a_row, self.waiting_since = 0, None
                 if self.on_published is not None:
                     self.on_published(message, time.monotonic() - started)
             else:  # stays in the outbox, in front: tried again once the broker is back
+                self.failures_in_a_row += 1
                 if self.on_failure is not None:
                     self.on_failure()
                 time.sleep(0.2)
+
+    def problem(self, ack_timeout_s: float) -> str:
+        """Why verdicts are not getting through ("" when they are): a broker that is connected but has
+        not acknowledged the verdict in front for `ack_timeout_s` is as bad as no broker."""
+        waiting = self.waiting_since
+        if waiting is not None and time.monotonic() - waiting > ack_timeout_s:
+            return (
+                f"broker has not acknowledged a verdict for {time.monotonic() - waiting:.0f} s"
+                f" ({self.failures_in_a_row} attempts)"
+            )
+        return ""
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty (graceful stop); False if the broker did not take it all."""
