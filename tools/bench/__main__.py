@@ -1,5 +1,7 @@
 """python -m tools.bench infer --model engines/<model>/<version> [--backend onnxruntime] [--runs N]
 python -m tools.bench check [--runs N] [--size 2500]: the whole `edge-qc check` pipeline, stage by stage
+python -m tools.bench e2e [--count N]: C-STORE to verdict over MQTT
+python -m tools.bench attack [--only NAME[,NAME]] [--duration S] [--json PATH]: hostile network and files
 
 Latency of the model alone (p50/p95, throughput) with the model's FLOPs; and of the path from a
 full-size DICOM to the network input (decode + preprocess), which the appliance pays on every image.
@@ -142,7 +144,36 @@ def main(argv: list[str] | None = None) -> int:
     e2e = sub.add_parser("e2e", help="C-STORE to verdict over MQTT, with its floors")
     e2e.add_argument("--count", type=int, default=30)
     e2e.add_argument("--sustained-minutes", type=float, default=0.0, help="send 60 images per minute for this long")
+    attack = sub.add_parser("attack", help="hostile network and hostile files (issue 15) under the unit's limits")
+    attack.add_argument("--only", default="", help="comma-separated attacks (default: all, in order)")
+    attack.add_argument("--duration", type=float, default=30.0, help="seconds each attack runs, at least")
+    attack.add_argument("--json", type=Path, help="write the rows here")
+    attack.add_argument("--out", type=Path, help="keep the daemons' logs and files here (default: removed)")
+    attack.add_argument("--connections", type=int, default=4, help="one-byte and drip connections")
+    attack.add_argument("--associations", type=int, default=200, help="idle associations")
+    attack.add_argument("--silent", type=int, default=200, help="silent TCP connections")
+    attack.add_argument("--pdu-seconds", type=float, default=20.0, help="how long the PDU bomb streams")
+    attack.add_argument("--pill-wait", type=float, default=120.0, help="seconds the good spooled images may take")
+    attack.add_argument("--max-restarts", type=int, default=8, help="restarts per attack before giving up")
     args = parser.parse_args(argv)
+    if args.command == "attack":
+        from tools.bench.attack import ATTACKS, Options
+        from tools.bench.attack import run as run_attack
+
+        return run_attack(
+            Options(
+                only=tuple(n.strip() for n in args.only.split(",") if n.strip()) or ATTACKS,
+                duration_s=args.duration,
+                json_path=args.json,
+                out=args.out,
+                connections=args.connections,
+                associations=args.associations,
+                silent=args.silent,
+                pdu_seconds=args.pdu_seconds,
+                pill_wait_s=args.pill_wait,
+                max_restarts=args.max_restarts,
+            )
+        )
     if args.command == "e2e":
         from tools.bench.e2e import run
 
