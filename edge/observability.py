@@ -8,6 +8,7 @@ read from sysfs at scrape time where the files exist and is simply absent elsewh
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -145,9 +146,15 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
+# A scraper or a probe needs a connection for a moment; one held idle must not cost a thread for ever.
+# (No cap on connections: a cap would let a few idle ones lock the health gate out.)
+HTTP_IDLE_S: Final = 10.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics
     ready: Callable[[], tuple[bool, str]]
+    timeout = HTTP_IDLE_S  # a connection silent this long is closed (StreamRequestHandler sets it on the socket)
 
     def do_GET(self) -> None:
         if self.path == "/metrics":
@@ -171,12 +178,21 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # the listen backlog
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # metrics.bind may be IPv6
+        super().__init__(address, handler)
+
+
 class MetricsServer:
     """/metrics, /healthz (the process answers) and /readyz (model loaded, spool writable, broker)."""
 
     def __init__(self, metrics: Metrics, bind: str, port: int, ready: Callable[[], tuple[bool, str]]) -> None:
         handler = type("Handler", (_Handler,), {"metrics": metrics, "ready": staticmethod(ready)})
-        self._server = ThreadingHTTPServer((bind, port), handler)
+        self._server = _Server((bind, port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
     @property

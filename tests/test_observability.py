@@ -63,3 +63,59 @@ def test_logs_are_json_lines() -> None:
     record = logging.LogRecord("edge.service", logging.WARNING, __file__, 1, "spool %s full", ("x",), None)
     entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "warning" and entry["message"] == "spool x full" and entry["logger"] == "edge.service"
+
+
+def test_idle_http_connections_are_dropped() -> None:
+    """A client that opens connections and sends nothing costs a thread each only for a while, and
+    the health endpoints answer meanwhile."""
+    import socket
+    import time
+    import urllib.request
+
+    from edge.observability import MetricsServer
+
+    server = MetricsServer(Metrics(), "127.0.0.1", 0, lambda: (True, "ready"))
+    server._server.RequestHandlerClass.timeout = 2.0  # type: ignore[attr-defined]
+    server.start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+        time.sleep(0.5)
+
+        def closed(connection: socket.socket, wait_s: float) -> bool:
+            connection.settimeout(wait_s)
+            try:
+                return connection.recv(1) == b""
+            except TimeoutError:
+                return False
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as answer:
+            assert answer.status == 200  # answered while they are held
+        started = time.monotonic()
+        assert all(closed(c, 5) for c in idle)  # each closed once idle for 2 s
+        assert time.monotonic() - started < 4
+    finally:
+        for connection in idle:
+            connection.close()
+        server.stop()
+
+
+def test_metrics_can_be_bound_to_an_ipv6_address() -> None:
+    import socket
+    import urllib.request
+
+    import pytest
+
+    from edge.observability import MetricsServer
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        server = MetricsServer(Metrics(), "::1", 0, lambda: (True, "ready"))
+    except OSError as exc:  # a kernel without an IPv6 loopback
+        pytest.skip(f"::1 cannot be bound here ({exc})")
+    server.start()
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        server.stop()

@@ -18,6 +18,7 @@ association ends and its slot is free. pynetdicom itself is unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -161,9 +162,17 @@ def guard_tls(client: socket.socket, context: ssl.SSLContext, limits: Limits) ->
     return wrapped
 
 
-def framer_of(association: Any) -> PduFramer | None:
-    """The guard of an association's connection (None before it has one or for a foreign socket)."""
-    transport = getattr(getattr(association, "dul", None), "socket", None)
-    raw = getattr(transport, "socket", None)
+def drop(association: Any, reason: str) -> bool:
+    """Close an association's connection from outside its thread: its reader's next read fails with
+    `reason` (pynetdicom then ends the association as if the peer had gone). For a connection that
+    never became an association, where pynetdicom has no A-ABORT to send, and for one that must end
+    now. False when the connection has no guard (already closed)."""
+    raw = getattr(getattr(getattr(association, "dul", None), "socket", None), "socket", None)
     framer = getattr(raw, "framer", None)
-    return framer if isinstance(framer, PduFramer) else None
+    if not isinstance(framer, PduFramer) or not isinstance(raw, socket.socket):
+        return False
+    if not framer.drop_reason:
+        framer.drop_reason = reason
+    with contextlib.suppress(OSError):
+        raw.shutdown(socket.SHUT_RD)  # wakes the reader's select at once
+    return True

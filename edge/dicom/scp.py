@@ -41,7 +41,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from edge.config import ConfigError, DicomConfig
-from edge.dicom.guard import GuardedSocket, GuardedTlsSocket, Limits, framer_of, guard_plain, guard_tls
+from edge.dicom.guard import GuardedSocket, GuardedTlsSocket, Limits, drop, guard_plain, guard_tls
 from edge.dicom.spool import Arrival, Spool
 
 log = logging.getLogger("edge.dicom.scp")
@@ -183,12 +183,9 @@ class StorageScp:
         began = self._first_pdu.setdefault(id(event.assoc), (time.perf_counter(), time.time_ns(), [0]))
         began[2][0] += sum(len(item.data or b"") for item in event.pdu.presentation_data_value_items)
         if began[2][0] > self.settings.max_dataset_bytes:
-            framer = framer_of(event.assoc)
-            if framer is not None and not framer.drop_reason:
-                framer.drop_reason = f"dataset larger than max_dataset_bytes ({self.settings.max_dataset_bytes})"
-                log.warning(
-                    "association from %s aborted: %s", event.assoc.requestor.address, framer.drop_reason
-                )
+            reason = f"dataset larger than max_dataset_bytes ({self.settings.max_dataset_bytes})"
+            if drop(event.assoc, reason):
+                log.warning("association from %s aborted: %s", event.assoc.requestor.address, reason)
 
     def _message_began(self, event: Event) -> tuple[float, int]:
         began = self._first_pdu.pop(id(event.assoc), None)
@@ -276,6 +273,9 @@ class StorageScp:
     def stop(self) -> None:
         """Abort the associations under way (their senders get no "success", so they resend) and close."""
         for association in self._ae.active_associations:
-            association.abort()
+            if association.is_established:
+                association.abort()
+            else:  # a connection with no association yet: there is no A-ABORT to send, it is closed
+                drop(association, "the appliance is stopping")
         if self._server is not None:
             self._server.shutdown()
