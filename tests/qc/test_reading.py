@@ -184,3 +184,26 @@ def test_obliquity_without_articular_processes_takes_the_spinous_side(pipeline: 
     without = _assess(pipeline, case, masks).verdict.items["obliquity"]
     assert full.value is not None and without.value is not None
     assert abs(without.value - full.value) < 1.0
+
+
+@pytest.mark.parametrize("kind", ["uniform", "gaussian", "smooth"])
+def test_random_noise_gets_no_confident_verdict(pipeline: Pipeline, tmp_path: Path, kind: str) -> None:
+    """Noise where a radiograph should be (a broken detector, a hostile sender) is never given a
+    pass or a fail with positioning corrections (issue 15)."""
+    import pydicom
+    from scipy.ndimage import gaussian_filter
+
+    ds = pydicom.dcmread(write_case(render_case(ideal_acquisition("ap", projection="AP")), tmp_path))
+    rng = np.random.default_rng(15)
+    shape = (int(ds.Rows), int(ds.Columns))
+    if kind == "uniform":
+        noise = rng.uniform(0, 4095, shape)
+    elif kind == "gaussian":
+        noise = np.clip(rng.normal(2000, 600, shape), 0, 4095)
+    else:
+        blobs = gaussian_filter(rng.normal(0, 1, shape), 8)
+        noise = (blobs - blobs.min()) / (blobs.max() - blobs.min()) * 4095
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.PixelData = noise.astype(np.uint16).tobytes()
+    verdict = pipeline.process(ds).verdict
+    assert verdict.verdict in ("indeterminate", "rejected"), (verdict.verdict, verdict.reason_code)
