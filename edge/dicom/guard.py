@@ -37,6 +37,7 @@ ASSOCIATION_PDU_CAP: Final = 1 << 20
 ASSOCIATION_PDU_TYPES: Final = frozenset({0x01, 0x02})
 # Above the advertised maximum (the PDU's variable field, PS3.8 9.3.5) a peer may add PDV headers.
 PDU_SLACK_BYTES: Final = 4096
+READ_AHEAD_BYTES: Final = 1 << 18
 
 
 class ConnectionLimitError(ConnectionAbortedError):
@@ -114,21 +115,37 @@ class PduFramer:
 
 
 class _Guarded:
-    """The guard's part of a socket: `recv` with deadlines and the framer's checks."""
+    """The guard's part of a socket: `recv` with deadlines and the framer's checks.
+
+    pynetdicom reads a PDU's body 4 KiB at a time; a guarded read takes up to READ_AHEAD_BYTES of the
+    current PDU from the kernel at once and serves the next small reads from it, so the guard costs
+    one check per 256 KiB, not per 4 KiB. It never reads past the current PDU, so once pynetdicom has
+    a whole PDU nothing is held here and its select() on the socket stays the truth."""
 
     framer: PduFramer
     clock: Callable[[], float] = time.monotonic
+    _ahead: bytes = b""
+    _ahead_at = 0
 
     def _guarded_recv(self, read: Callable[[int], bytes], bufsize: int) -> bytes:
+        if self._ahead_at < len(self._ahead):
+            end = self._ahead_at + bufsize
+            data, self._ahead_at = self._ahead[self._ahead_at : end], min(end, len(self._ahead))
+            if self._ahead_at == len(self._ahead):
+                self._ahead, self._ahead_at = b"", 0
+            return data
         framer = self.framer
         timeout = framer.read_timeout(self.clock())
         self.settimeout(timeout)  # type: ignore[attr-defined]
         try:
-            data = read(framer.wanted(bufsize))
+            data = read(framer.wanted(max(bufsize, READ_AHEAD_BYTES)))
         except TimeoutError as exc:
             framer.read_timeout(self.clock())  # names the limit that passed
             raise ConnectionLimitError("no data within the time left") from exc
         framer.feed(data, self.clock())
+        if len(data) > bufsize:
+            self._ahead, self._ahead_at = data, bufsize
+            return data[:bufsize]
         return data
 
 

@@ -68,6 +68,7 @@ TRANSFER_SYNTAXES: Final = (
     JPEG2000,
     RLELossless,
 )
+REFUSAL_LOG_S: Final = 60.0
 SUCCESS: Final = 0x0000
 OUT_OF_RESOURCES: Final = 0xA700
 
@@ -93,6 +94,7 @@ def server_tls(settings: DicomConfig) -> ssl.SSLContext | None:
 
 
 class _FilteringServer(ThreadedAssociationServer):
+    request_queue_size = 64  # the listen backlog: a burst of connections is accepted, then judged here
     allowed_addresses: frozenset[str] = frozenset()
     refuse_all = False  # no calling AE title allowed: nobody may associate
     limits: Limits
@@ -101,6 +103,7 @@ class _FilteringServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         self.connections: list[tuple[str, GuardedSocket | GuardedTlsSocket]] = []
         self.connections_lock = threading.Lock()
+        self.warned: dict[str, float] = {}  # address -> when its last refusal was logged
         super().server_activate()
 
     def get_request(self) -> tuple[Any, Any]:
@@ -135,11 +138,16 @@ class _FilteringServer(ThreadedAssociationServer):
             return False
         held = sum(1 for other, _ in self.open_connections() if other == host)
         if held >= self.per_address:
-            log.warning(
-                "connection from %s refused: it already holds %d connections (max_associations_per_address)",
-                host,
-                held,
-            )
+            now = time.monotonic()
+            if now - self.warned.get(host, -REFUSAL_LOG_S) >= REFUSAL_LOG_S:  # a flood logs a line, not a line each
+                self.warned[host] = now
+                log.warning(
+                    "connection from %s refused: it already holds %d connections (max_associations_per_address;"
+                    " further refusals of this address are not logged for %g s)",
+                    host,
+                    held,
+                    REFUSAL_LOG_S,
+                )
             return False
         with self.connections_lock:
             self.connections.append((host, request))

@@ -217,3 +217,24 @@ def test_ssl_module_is_what_the_guard_subclasses() -> None:
     from edge.dicom.guard import GuardedTlsSocket
 
     assert issubclass(GuardedTlsSocket, ssl.SSLSocket)
+
+
+def test_reading_ahead_stays_inside_the_pdu_and_returns_every_byte() -> None:
+    """pynetdicom's 4 KiB reads are served from one larger read of the current PDU, never from the next."""
+    from edge.dicom.guard import guard_plain
+
+    ours, theirs = socket.socketpair()
+    guarded = guard_plain(ours, Limits(max_pdu_bytes=1 << 20, pdu_timeout_s=5, max_association_s=60))
+    body = bytes(range(256)) * 400  # 102400 bytes
+    theirs.sendall(header(0x04, len(body)) + body + header(0x05, 4) + b"\0\0\0\0")
+    assert guarded.recv(6) == header(0x04, len(body))
+    received = bytearray()
+    while len(received) < len(body):
+        chunk = guarded.recv(min(4096, len(body) - len(received)))
+        assert 0 < len(chunk) <= 4096
+        received += chunk
+    assert bytes(received) == body
+    assert guarded.recv(6) == header(0x05, 4)  # the next PDU's header, checked by the framer in turn
+    assert guarded.recv(4) == b"\0\0\0\0"
+    guarded.close()
+    theirs.close()

@@ -689,7 +689,23 @@ class RawConnections(Attack):
             held.sock.close()
         self.selector.close()
 
+    def _look_once_more(self) -> None:
+        """Connections the watch loop never got to (the attack ended while they were being opened):
+        closed by the daemon meanwhile, or still open?"""
+        for held in self.held:
+            if held.closed is not None:
+                continue
+            try:
+                data = held.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                held.closed = self.elapsed()
+
     def report(self) -> str:
+        self._look_once_more()
         text = f"{len(self.held)} of {self.count} connected"
         if self.tried == self.count:
             text += f" in {self.connecting_s:.1f} s"
