@@ -200,3 +200,56 @@ def test_padding_value_left_as_raw_bytes_is_read_by_pixel_representation(tmp_pat
     assert _padding_value(ds) == 65535
     ds.PixelRepresentation = 1
     assert _padding_value(ds) == -1
+
+
+def test_bombs_sent_by_a_modality_get_rejected_verdicts_and_serving_goes_on(broker: Broker, tmp_path: Path) -> None:
+    """JPEG 2000, JPEG-LS and deflate bombs by real C-STOREs (pynetdicom sends the files' bytes as
+    they are); then DCMTK's C-ECHO and C-STORE of a good image are answered and judged."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGLSLossless
+    from pynetdicom import AE
+
+    from edge.dicom.scp import STORAGE_CLASSES, SUCCESS, VERIFICATION
+
+    good = write_case(fault_case("ap", "cut_top", 61, size_px=512), folder(tmp_path / "good"))
+    bombs = {
+        JPEG2000Lossless: ("stream_size_mismatch", bomb(good, JPEG2000Lossless)),
+        JPEGLSLossless: ("stream_size_mismatch", bomb(good, JPEGLSLossless)),
+        DeflatedExplicitVRLittleEndian: ("too_large", deflate_bomb(good, 300 << 20)),
+    }
+    config_path, port = site_config(tmp_path, broker.port)
+    subscriber = VerdictSubscriber(broker.port, TOPIC)
+    service = Service(load_config(config_path))
+    service.start()
+    try:
+        sop_class = pydicom.dcmread(good).SOPClassUID
+        assert sop_class in STORAGE_CLASSES
+        for syntax, (_, data) in bombs.items():
+            path = tmp_path / f"bomb-{syntax}.dcm"
+            path.write_bytes(data)
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(sop_class, syntax)
+            assoc = ae.associate("127.0.0.1", port, ae_title="EDGEQC")
+            assert assoc.is_established
+            assert int(assoc.send_c_store(str(path)).Status) == SUCCESS  # spooled: the verdict says the rest
+            assoc.release()
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) == 3, timeout=60)
+        assert sorted(v["reason_code"] for v in verdicts(subscriber)) == sorted(code for code, _ in bombs.values())
+        assert {v["verdict"] for v in verdicts(subscriber)} == {"rejected"}
+        echo = subprocess.run(
+            ["/usr/bin/echoscu", "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert echo.returncode == 0, echo.stderr
+        store(port, good)
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) == 4, timeout=60)
+        assert verdicts(subscriber)[-1]["verdict"] == "fail"
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(VERIFICATION)
+        assoc = ae.associate("127.0.0.1", port, ae_title="EDGEQC")
+        assert assoc.is_established and int(assoc.send_c_echo().Status) == SUCCESS
+        assoc.release()
+    finally:
+        service.stop(drain_s=5)
+        subscriber.close()
