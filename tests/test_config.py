@@ -420,3 +420,34 @@ def test_the_ansible_role_binds_metrics_to_loopback_and_sets_every_new_key() -> 
             variable = re.search(rf"^{key} = {{{{ (edge_qc_\w+) \| int }}}}$", body, re.MULTILINE)
             assert variable, f"{section}.{key} not in site.toml.j2"
             assert re.search(rf"^{variable[1]}: \d+", defaults, re.MULTILINE), f"{variable[1]} has no default"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[mqtt]\ntopic = "edgeqc/+/verdict"\n', "'mqtt.topic'"),
+        ('[mqtt]\nstatus_topic = "edgeqc/{site}/{room}/{device}/verdict"\n', "'mqtt.status_topic'"),
+        ('[mqtt]\npassword = 1234\n', "'mqtt.password'"),
+        ('[dicom]\nallowed_calling_aets = ["A\\\\B"]\n', "'dicom.allowed_calling_aets[0]'"),
+        ('[dicom]\nae_title = "SEVENTEEN_CHARS_X"\n', "'dicom.ae_title'"),
+        ('[dicom]\nbind = "999.1.1.1"\n', "'dicom.bind'"),
+        ("[dicom]\nmax_pdu_bytes = 1\n", "'dicom.max_pdu_bytes'"),
+        ("[dicom]\nmax_associations = 100000\n", "'dicom.max_associations'"),
+        ("[dicom]\npdu_timeout_s = 0\n", "'dicom.pdu_timeout_s'"),
+        ("[service]\nqueue_size = 1000000000\n", "'service.queue_size'"),
+        ("[service]\nmax_attempts = 0\n", "'service.max_attempts'"),
+        ("[qc.overrides.ap.centring]\nmax_offset_fraction = -0.1\n", "max_offset_fraction"),
+    ],
+)
+def test_config_check_refuses_what_a_hostile_or_careless_file_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, key: str
+) -> None:
+    """`edge-qc config-check` (Ansible's validate step) exits 2 naming the key, never showing a secret."""
+    from edge.cli import main
+
+    path = tmp_path / "site.toml"
+    path.write_text(toml)
+    assert main(["config-check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert key in err, err
+    assert "1234" not in err
