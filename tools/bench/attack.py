@@ -523,35 +523,18 @@ def capped(action: Callable[[list[Any]], Attempt], cap: float = LEGIT_CAP_S) -> 
     return Attempt(False, time.monotonic() - began, f"no answer in {cap:g} s")
 
 
-def legit_echo(port: int) -> Attempt:
-    def echo(held: list[Any]) -> Attempt:
+def legit_request(port: int, context: tuple[str, ...], request: Callable[[Any], Any]) -> Attempt:
+    """One association from LEGIT with the allowed AE title, one request on it (within LEGIT_CAP_S)."""
+
+    def attempt(held: list[Any]) -> Attempt:
         began = time.monotonic()
         ae = requestor(LEGIT_AET, LEGIT_CAP_S)
-        ae.add_requested_context(VERIFICATION)
+        ae.add_requested_context(*context)
         assoc = ae.associate(ATTACKER, port, ae_title=CALLED_AET, bind_address=(LEGIT, 0))
         held.append(assoc)
         if not assoc.is_established:
             return Attempt(False, time.monotonic() - began, association_failure(assoc))
-        status = status_of(assoc.send_c_echo())
-        assoc.release()
-        seconds = time.monotonic() - began
-        if status == 0:
-            return Attempt(True, seconds)
-        return Attempt(False, seconds, "no response" if status is None else f"status 0x{status:04X}")
-
-    return capped(echo)
-
-
-def legit_store(port: int, path: Path) -> Attempt:
-    def store(held: list[Any]) -> Attempt:
-        began = time.monotonic()
-        ae = requestor(LEGIT_AET, LEGIT_CAP_S)
-        ae.add_requested_context(DX_PRESENTATION, EXPLICIT_LE)
-        assoc = ae.associate(ATTACKER, port, ae_title=CALLED_AET, bind_address=(LEGIT, 0))
-        held.append(assoc)
-        if not assoc.is_established:
-            return Attempt(False, time.monotonic() - began, association_failure(assoc))
-        status = status_of(assoc.send_c_store(str(path)))
+        status = status_of(request(assoc))
         if assoc.is_established:
             assoc.release()
         seconds = time.monotonic() - began
@@ -559,7 +542,15 @@ def legit_store(port: int, path: Path) -> Attempt:
             return Attempt(True, seconds)
         return Attempt(False, seconds, "no response" if status is None else f"status 0x{status:04X}")
 
-    return capped(store)
+    return capped(attempt)
+
+
+def legit_echo(port: int) -> Attempt:
+    return legit_request(port, (VERIFICATION,), lambda assoc: assoc.send_c_echo())
+
+
+def legit_store(port: int, path: Path) -> Attempt:
+    return legit_request(port, (DX_PRESENTATION, EXPLICIT_LE), lambda assoc: assoc.send_c_store(str(path)))
 
 
 # ---------------------------------------------------------------- the attacks
