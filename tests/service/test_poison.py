@@ -3,6 +3,7 @@ fault of the appliance's own code gives an internal_error verdict, and nothing w
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -251,5 +252,47 @@ def test_bombs_sent_by_a_modality_get_rejected_verdicts_and_serving_goes_on(brok
         assert assoc.is_established and int(assoc.send_c_echo().Status) == SUCCESS
         assoc.release()
     finally:
+        service.stop(drain_s=5)
+        subscriber.close()
+
+
+def test_a_slowloris_and_a_pdu_length_bomb_leave_the_daemon_judging(broker: Broker, tmp_path: Path) -> None:
+    """From another address: two connections that send one byte each and one that announces a 4 GiB
+    PDU; meanwhile DCMTK's echoscu is answered and storescu's image judged, and the slow ones are cut."""
+    import socket
+    import struct
+
+    good = write_case(fault_case("ap", "cut_top", 61, size_px=512), folder(tmp_path / "good"))
+    config_path, port = site_config(tmp_path, broker.port)
+    subscriber = VerdictSubscriber(broker.port, TOPIC)
+    service = Service(load_config(config_path))
+    service.start()
+    attackers: list[socket.socket] = []
+    try:
+        for first in (b"\x01", b"\x01", struct.pack(">BBL", 1, 0, 0xFFFFFFFF) + bytes(1 << 16)):
+            attacker = socket.socket()
+            attacker.bind(("127.0.0.2", 0))
+            attacker.connect(("127.0.0.1", port))
+            with contextlib.suppress(OSError):  # the bomb's connection is cut as soon as its header is read
+                attacker.sendall(first)
+            attackers.append(attacker)
+        echo = subprocess.run(
+            ["/usr/bin/echoscu", "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert echo.returncode == 0, echo.stderr
+        store(port, good)
+        assert wait_for(lambda: len(subscriber.payloads("verdict")) == 1, timeout=60)
+        assert verdicts(subscriber)[0]["verdict"] == "fail"
+        for attacker in attackers:  # each is closed by the daemon within the PDU deadline (10 s)
+            attacker.settimeout(15)
+            with contextlib.suppress(ConnectionResetError):
+                while attacker.recv(1 << 16):
+                    pass
+    finally:
+        for attacker in attackers:
+            attacker.close()
         service.stop(drain_s=5)
         subscriber.close()
