@@ -61,11 +61,19 @@ def prepare_onnx(manifest: ModelManifest, precision: str, out_dir: Path) -> Path
 
 
 def _fp16_layers(engine: Any, trt: Any) -> int:
-    """How many layers of a built engine carry FP16 tensors (needs detailed profiling verbosity)."""
+    """How many layers of a built engine carry FP16 tensors (needs detailed profiling verbosity). The
+    inspector's JSON names the type "Half" in some TensorRT versions and "FP16" in others (tensor
+    formats such as "Row major linear FP16 format"): either counts."""
     inspector = engine.create_engine_inspector()
     info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     layers = info.get("Layers", [])
-    return sum(1 for layer in layers if "Half" in json.dumps(layer))
+    return sum(1 for layer in layers if is_fp16_layer(layer))
+
+
+def is_fp16_layer(layer: object) -> bool:
+    """Whether one layer of the engine inspector's JSON carries a half-precision tensor."""
+    text = json.dumps(layer)
+    return "Half" in text or "FP16" in text
 
 
 def build_engine(

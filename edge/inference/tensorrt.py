@@ -61,33 +61,41 @@ class TensorRTBackend:
         self._device_name = str(cuda.Device(0).name())
         self._context = cuda.Device(0).retain_primary_context()
         self._context.push()
-        try:
-            logger = trt.Logger(trt.Logger.WARNING)
-            self._engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
-            if self._engine is None:
-                raise BackendUnavailableError(f"{engine_path}: TensorRT could not deserialise the engine")
-            self._execution = self._engine.create_execution_context()
-            self._stream = cuda.Stream()
-            self._host: dict[str, Any] = {}
-            self._device: dict[str, Any] = {}
-            self._inputs: list[str] = []
-            self._zero_copy = zero_copy
-            for i in range(self._engine.num_io_tensors):
-                name = self._engine.get_tensor_name(i)
-                shape = tuple(self._engine.get_tensor_shape(name))
-                dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-                if zero_copy:
-                    host = cuda.pagelocked_empty(shape, dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP)
-                    device = host.base.get_device_pointer()
-                else:
-                    host = cuda.pagelocked_empty(shape, dtype)
-                    device = cuda.mem_alloc(host.nbytes)
-                self._host[name], self._device[name] = host, device
-                self._execution.set_tensor_address(name, int(device))
-                if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                    self._inputs.append(name)
-        finally:
+        try:  # anything that fails from here on releases what it took: the stream, buffers, the context
+            self._open(engine_path, zero_copy, trt, cuda)
+        except BaseException:
+            self._release()
             self._context.pop()
+            self._context.detach()
+            raise
+        self._context.pop()
+
+    def _open(self, engine_path: Path, zero_copy: bool, trt: Any, cuda: Any) -> None:
+        """Deserialise the engine and allocate its buffers and stream (the context is current)."""
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
+        if self._engine is None:
+            raise BackendUnavailableError(f"{engine_path}: TensorRT could not deserialise the engine")
+        self._execution = self._engine.create_execution_context()
+        self._stream = cuda.Stream()
+        self._host: dict[str, Any] = {}
+        self._device: dict[str, Any] = {}
+        self._inputs: list[str] = []
+        self._zero_copy = zero_copy
+        for i in range(self._engine.num_io_tensors):
+            name = self._engine.get_tensor_name(i)
+            shape = tuple(self._engine.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
+            if zero_copy:
+                host = cuda.pagelocked_empty(shape, dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP)
+                device = host.base.get_device_pointer()
+            else:
+                host = cuda.pagelocked_empty(shape, dtype)
+                device = cuda.mem_alloc(host.nbytes)
+            self._host[name], self._device[name] = host, device
+            self._execution.set_tensor_address(name, int(device))
+            if self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self._inputs.append(name)
         if self._inputs != ["image"] or not {"masks", "view"} <= self._host.keys():
             raise BackendUnavailableError(f"{engine_path}: expected input 'image' and outputs 'masks', 'view'")
 
@@ -123,12 +131,21 @@ class TensorRTBackend:
             "versions": {"tensorrt": self._trt_version},
         }
 
+    def _release(self) -> None:
+        """Free the execution context, engine, stream and buffers that exist (the context is current)."""
+        for name in ("_execution", "_engine", "_stream"):
+            self.__dict__.pop(name, None)
+        for buffers in ("_device", "_host"):
+            getattr(self, buffers, {}).clear()
+
     def close(self) -> None:
+        """Free everything and release the primary context; closing twice is harmless."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self._context.push()
         try:
-            del self._execution, self._engine
-            self._device.clear()
-            self._host.clear()
+            self._release()
         finally:
             self._context.pop()
             self._context.detach()

@@ -93,3 +93,12 @@ def test_real_engine_builds_validates_and_runs(tmp_path: Path) -> None:
     out = engine.infer(image)
     assert out.masks.shape == (18, 256, 256) and np.isfinite(out.masks).all()
     engine.close()
+
+
+def test_fp16_layers_are_counted_under_either_name_the_inspector_uses() -> None:
+    """TensorRT's engine inspector says "Half" in some versions and "FP16" in tensor formats in others."""
+    from edge.engines.build import is_fp16_layer
+
+    assert is_fp16_layer({"Name": "conv1", "Inputs": [{"Format/Datatype": "Half"}]})
+    assert is_fp16_layer({"Name": "conv1", "Outputs": [{"Format/Datatype": "Row major linear FP16 format"}]})
+    assert not is_fp16_layer({"Name": "head", "Outputs": [{"Format/Datatype": "Float"}]})

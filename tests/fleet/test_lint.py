@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+ROLE_TASKS = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "edge_qc" / "tasks"
+
 ANSIBLE = Path(__file__).resolve().parents[2] / "ansible"
 BIN = Path(sys.executable).parent
 PLAYBOOKS = ("site.yml", "rollout.yml", "rollback.yml")
@@ -61,3 +63,17 @@ def test_example_inventory_places_every_room_in_one_site_and_one_module_type(tmp
     assert inventory["canary"]["hosts"] == ["north-xr1"]
     module_types = {g: inventory[g]["vars"]["edge_qc_module_type"] for g in ("orin_nano", "orin_nx", "agx_orin")}
     assert module_types == {"orin_nano": "orin-nano", "orin_nx": "orin-nx", "agx_orin": "agx-orin"}
+
+
+def test_the_units_are_installed_before_the_first_engine_is_built_and_before_the_configuration() -> None:
+    """A new TensorRT device builds its first engine with edge-qc-engine-build.service: the unit must
+    be on disk by then; the configuration's validate step needs the first engine (issue 16)."""
+    import yaml  # type: ignore[import-untyped]
+
+    tasks = yaml.safe_load((ROLE_TASKS / "main.yml").read_text())
+    order = [task["ansible.builtin.import_tasks"] for task in tasks]
+    assert order.index("units.yml") < order.index("initial_engine.yml") < order.index("config.yml")
+    assert order.index("config.yml") < order.index("service.yml")
+    units = yaml.safe_load((ROLE_TASKS / "units.yml").read_text())
+    copied = next(task for task in units if "ansible.builtin.copy" in task)
+    assert "edge-qc-engine-build.service" in copied["loop"]
