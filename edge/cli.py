@@ -145,9 +145,29 @@ def build_engine(args: argparse.Namespace, manifest: ModelManifest) -> int:
     return 0
 
 
+def find_engine(args: argparse.Namespace) -> int:
+    """The engine in a folder that was built for this device (its path on stdout), or exit 1 with each
+    plan's mismatch on stderr: what the rollout asks before it reuses a plan or builds one."""
+    from edge.inference.device import fitting_plan, read_fingerprint
+
+    if args.version is None or not Path(args.version).is_dir():
+        print(f"edge-qc: engine find needs a folder of engines, got {args.version}", file=sys.stderr)
+        return 2
+    plan, refused = fitting_plan(Path(args.version), read_fingerprint())
+    for name, problems in refused.items():
+        print(f"{name}: not for this device: {'; '.join(problems)}", file=sys.stderr)
+    if plan is None:
+        print(f"edge-qc: no engine in {args.version} was built for this device", file=sys.stderr)
+        return 1
+    print(plan)
+    return 0
+
+
 def engine(args: argparse.Namespace) -> int:
     from edge.engines.store import EngineStore, StoreError
 
+    if args.action == "find":
+        return find_engine(args)
     if args.action in ("build", "validate"):
         from edge.engines.manifest import load_manifest
 
@@ -256,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="the daemon: DICOM C-STORE in, verdicts out over MQTT")
     p_serve.add_argument("--config", type=Path, required=True, help="site configuration (TOML)")
     p_engine = sub.add_parser("engine", help="engines: build, validate, list, activate, roll back")
-    p_engine.add_argument("action", choices=["list", "activate", "rollback", "validate", "build"])
+    p_engine.add_argument("action", choices=["list", "activate", "rollback", "validate", "build", "find"])
     p_engine.add_argument(
-        "version", nargs="?", help="activate: a version folder under --root; validate, build: a model folder"
+        "version",
+        nargs="?",
+        help="activate: a version folder under --root; validate, build: a model folder;"
+        " find: a folder of engines (prints the one built for this device; exit 1 when none is)",
     )
     p_engine.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="validate, build: precision")
     p_engine.add_argument("--write", action="store_true", help="validate: record the result in the manifest")

@@ -113,3 +113,26 @@ def incompatibilities(built_on: Mapping[str, object], here: DeviceFingerprint) -
         elif str(want) != have:
             problems.append(f"{_LABELS[name]}: engine built with {want}, this device has {have}")
     return problems
+
+
+def fitting_plan(folder: Path, here: DeviceFingerprint) -> tuple[Path | None, dict[str, list[str]]]:
+    """Of the engines in `folder` (ENGINE.plan with ENGINE.json), the newest built for this device, and
+    why each other one is not. A plan left from before a JetPack or TensorRT upgrade has the right
+    name and the wrong device: it is never reused (the rollout builds a new one instead)."""
+    refused: dict[str, list[str]] = {}
+    fitting: list[Path] = []
+    for plan in sorted(folder.glob("*.plan")):
+        if plan.is_symlink():  # device.plan points at one of the others
+            continue
+        try:
+            built_on = json.loads(plan.with_suffix(".json").read_text("utf-8")).get("device", {})
+        except (OSError, ValueError, AttributeError) as exc:
+            refused[plan.name] = [f"no readable manifest ({exc})"]
+            continue
+        problems = incompatibilities(built_on if isinstance(built_on, dict) else {}, here)
+        if problems:
+            refused[plan.name] = problems
+        else:
+            fitting.append(plan)
+    newest = max(fitting, key=lambda p: p.stat().st_mtime, default=None)
+    return newest, refused

@@ -49,3 +49,43 @@ def test_fingerprint_from_a_jetson_file_tree(tmp_path: Path) -> None:
     assert found.l4t == "36.4.3" and found.cuda == "12.6"
     assert parse_l4t("garbage") is None
     assert read_fingerprint(tmp_path / "absent").module is None  # not a Jetson: unknown, no error
+
+
+def _plan(folder: Path, name: str, device: dict[str, str], mtime: float) -> Path:
+    import json
+    import os
+
+    plan = folder / f"{name}.plan"
+    plan.write_bytes(b"serialized engine")
+    plan.with_suffix(".json").write_text(json.dumps({"device": device}))
+    os.utime(plan, (mtime, mtime))
+    return plan
+
+
+def test_a_plan_from_before_a_tensorrt_upgrade_is_not_reused(tmp_path: Path) -> None:
+    """After a JetPack upgrade the old plan has the right name and the wrong TensorRT: the rollout's
+    `edge-qc engine find` passes it over (and the rollout builds a new one)."""
+    from edge.inference.device import fitting_plan
+
+    here = DeviceFingerprint("10.3.0", "12.6", "8.7", "NVIDIA Jetson AGX Orin", "36.4.3")
+    built = {k: str(v) for k, v in here.as_dict().items()}
+    old = _plan(tmp_path, "lumbar-resunet-0.2.0_a", {**built, "tensorrt": "8.6.2", "l4t": "35.5.0"}, 1e9)
+    plan, refused = fitting_plan(tmp_path, here)
+    assert plan is None and any("TensorRT: engine built with 8.6.2" in p for p in refused[old.name])
+    new = _plan(tmp_path, "lumbar-resunet-0.2.0_b", built, 2e9)
+    (tmp_path / "device.plan").symlink_to(new.name)
+    assert fitting_plan(tmp_path, here)[0] == new
+    newer = _plan(tmp_path, "lumbar-resunet-0.2.0_c", built, 3e9)
+    assert fitting_plan(tmp_path, here)[0] == newer  # the newest of those that fit
+    (tmp_path / "broken.plan").write_bytes(b"no manifest")
+    assert "no readable manifest" in fitting_plan(tmp_path, here)[1]["broken.plan"][0]
+
+
+def test_engine_find_exits_1_naming_why_when_no_plan_fits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    _plan(tmp_path, "lumbar-resunet-0.2.0_a", {"tensorrt": "8.6.2"}, 1e9)
+    assert main(["engine", "find", str(tmp_path)]) == 1  # this machine has no TensorRT: nothing fits
+    err = capsys.readouterr().err
+    assert "lumbar-resunet-0.2.0_a.plan: not for this device" in err and "TensorRT" in err
+    assert main(["engine", "find", str(tmp_path / "missing")]) == 2
