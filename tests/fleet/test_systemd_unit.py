@@ -73,3 +73,23 @@ def test_security_exposure_is_recorded_and_low(unit: Path, tmp_path: Path) -> No
     exposure = float(found.group(1))
     print(f"systemd-analyze security {unit.name}: exposure {exposure}")
     assert exposure <= MAX_EXPOSURE
+
+
+def test_the_gpu_device_groups_of_orin_and_thor_are_allowed_and_nothing_else() -> None:
+    """DeviceAllow=char-GLOB matches /proc/devices group names. Orin's GPU driver registers its regions
+    under the device-tree name ("17000000.gpu"), Thor's driver as nvidia, nvidia-uvm, nvidia-caps
+    (names from the drivers' sources, issue 16); a disk, a tty or the serial ports stay denied."""
+    import fnmatch
+
+    text = SERVICE.read_text()
+    assert "DevicePolicy=closed" in text
+    allow = [line.split("=", 1)[1].split()[0] for line in text.splitlines() if line.startswith("DeviceAllow=")]
+    groups = [spec[len("char-") :] for spec in allow if spec.startswith("char-")]
+
+    def allowed(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in groups)
+
+    for name in ("17000000.gpu", "nvhost-ctrl", "nvgpu", "nvidia", "nvidia-uvm", "nvidia-caps", "drm"):
+        assert allowed(name), name
+    for name in ("sd", "tty", "ttyS", "mem", "input", "usb_device", "hidraw"):
+        assert not allowed(name), name
