@@ -85,29 +85,44 @@ def check(args: argparse.Namespace) -> int:
 
 
 def validate_engine(args: argparse.Namespace, manifest: ModelManifest) -> int:
-    """The model's validation set through ONNX Runtime at the chosen precision against FP32."""
+    """The model's validation set through the engine that will run against ONNX Runtime FP32: the
+    TensorRT plan itself with --engine (through TensorRTBackend, as the daemon loads it), else ONNX
+    Runtime at the chosen precision (the conversion the plan is built from)."""
     import json
     import tempfile
 
     from edge.engines.validate import validate
+    from edge.inference.backend import Backend, BackendUnavailableError
     from edge.inference.onnxruntime import OnnxRuntimeBackend
     from edge.qc.standard import load_standard
 
     reference = OnnxRuntimeBackend(manifest.model_path)
     with tempfile.TemporaryDirectory() as tmp:
-        engine_path = manifest.model_path
-        if args.precision == "fp16":
-            from edge.engines.precision import write_mixed_precision
+        engine: Backend
+        if args.engine is not None:
+            from edge.inference.tensorrt import TensorRTBackend
 
-            engine_path = Path(tmp) / "model-fp16.onnx"
-            write_mixed_precision(manifest.model_path, engine_path)
-        engine = OnnxRuntimeBackend(engine_path)
-        engine.name = f"onnxruntime-{args.precision}"
+            try:
+                engine = TensorRTBackend(args.engine)
+            except BackendUnavailableError as exc:
+                print(f"edge-qc: cannot validate {args.engine} here: {exc}", file=sys.stderr)
+                return 2
+        else:
+            engine_path = manifest.model_path
+            if args.precision == "fp16":
+                from edge.engines.precision import write_mixed_precision
+
+                engine_path = Path(tmp) / "model-fp16.onnx"
+                write_mixed_precision(manifest.model_path, engine_path)
+            engine = OnnxRuntimeBackend(engine_path)
+            engine.name = f"onnxruntime-{args.precision}"
         try:
             report = validate(manifest, engine, reference, load_standard())
         except FileNotFoundError as exc:
             print(f"edge-qc: {exc}", file=sys.stderr)
             return 2
+        finally:
+            engine.close()
     worst = min(report.dice_agreement.values()) if report.dice_agreement else float("nan")
     print(
         f"{manifest.label} on {report.engine} vs {report.reference} FP32, {report.images} validation images: "
@@ -285,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_engine.add_argument("--precision", choices=["fp32", "fp16"], default="fp16", help="validate, build: precision")
     p_engine.add_argument("--write", action="store_true", help="validate: record the result in the manifest")
+    p_engine.add_argument(
+        "--engine", type=Path, help="validate: the TensorRT plan to validate (default: ONNX Runtime at --precision)"
+    )
     p_engine.add_argument("--out", type=Path, help="build: where the engine goes (default MODEL_DIR/engines)")
     p_engine.add_argument("--workspace-mib", type=int, default=1024, help="build: TensorRT workspace limit")
     p_engine.add_argument(

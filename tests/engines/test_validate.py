@@ -89,3 +89,23 @@ def test_cli_validates_fp16_and_records_the_result(tmp_path: Path) -> None:
     recorded = json.loads((model / "manifest.json").read_text())["engine_validation"]["onnxruntime-fp16"]
     assert recorded["passed"] and min(recorded["dice_agreement"].values()) >= 0.98
     assert recorded["verdict_agreement"] == 1.0
+
+
+def test_validating_a_tensorrt_plan_loads_it_through_the_tensorrt_backend(tmp_path: Path) -> None:
+    """`engine validate --engine PLAN` checks the plan that will run, not an ONNX stand-in: where
+    TensorRT is absent it says so and exits 2 (it never validates something else in its place)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the plan is validated on the device (issue 16's device check)")
+    plan = tmp_path / "device.plan"
+    plan.write_bytes(b"not built here")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "engine", "validate", str(MODEL), "--engine", str(plan)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"cannot validate {plan} here" in proc.stderr and "needs tensorrt and pycuda" in proc.stderr
