@@ -32,7 +32,10 @@ class DeviceFingerprint:
     tensorrt: str | None = None  # e.g. "10.3.0"
     cuda: str | None = None  # e.g. "12.6"
     compute_capability: str | None = None  # e.g. "8.7" (Orin)
-    module: str | None = None  # /proc/device-tree/model, e.g. "NVIDIA Jetson AGX Orin Developer Kit"
+    # The module (not the carrier board), from /proc/device-tree/compatible: "nvidia,p3701-0005" is an
+    # AGX Orin 64GB in any carrier; /proc/device-tree/model names the carrier kit only where no
+    # compatible string says more.
+    module: str | None = None
     l4t: str | None = None  # /etc/nv_tegra_release, e.g. "36.4.3"
 
     def as_dict(self) -> dict[str, str | None]:
@@ -42,6 +45,14 @@ class DeviceFingerprint:
 def _read(path: Path) -> str | None:
     try:
         return path.read_text("utf-8", errors="replace").strip().strip("\x00") or None
+    except OSError:
+        return None
+
+
+def _read_raw(path: Path) -> str | None:
+    """A device-tree property as it is: NUL-separated strings."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace") or None
     except OSError:
         return None
 
@@ -63,7 +74,39 @@ def _module_version(name: str) -> str | None:
     return str(version) if version else None
 
 
+def module_of(compatible: str | None, model: str | None) -> str | None:
+    """The module from the device tree's compatible list ("nvidia,p3737-0000+p3701-0005\0nvidia,p3701-
+    0005\0nvidia,tegra234"): the first plain part-number entry, carrier boards ("a+b") passed over;
+    the SoC entry ("nvidia,tegra234") where there is no part number; else the model text."""
+    entries = [e.strip() for e in (compatible or "").split("\x00") if e.strip()]
+    for entry in entries:
+        if "+" not in entry and re.fullmatch(r"nvidia,p\d{4}-\d{4}", entry):
+            return entry
+    for entry in entries:
+        if re.fullmatch(r"nvidia,tegra\d+", entry):
+            return entry
+    return model
+
+
+def _driver_cuda_version() -> str | None:
+    """The CUDA version the driver supports (from the driver, not from a toolkit's files)."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        return None
+    try:
+        cuda.init()
+        version = int(cuda.get_driver_version())  # e.g. 12060
+    except Exception:  # no GPU, no driver: unknown here
+        return None
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
 def _cuda_version(root: Path) -> str | None:
+    """The driver's CUDA version; the toolkit's version.json only where the driver cannot be asked."""
+    driver = _driver_cuda_version()
+    if driver is not None:
+        return driver
     text = _read(root / "usr/local/cuda/version.json")
     if text:
         try:
@@ -93,7 +136,7 @@ def read_fingerprint(root: Path = Path("/")) -> DeviceFingerprint:
         tensorrt=_module_version("tensorrt"),
         cuda=_cuda_version(root),
         compute_capability=_compute_capability(),
-        module=_read(root / "proc/device-tree/model"),
+        module=module_of(_read_raw(root / "proc/device-tree/compatible"), _read(root / "proc/device-tree/model")),
         l4t=parse_l4t(_read(root / "etc/nv_tegra_release")),
     )
 

@@ -45,10 +45,17 @@ def test_fingerprint_from_a_jetson_file_tree(tmp_path: Path) -> None:
     (tmp_path / "usr/local/cuda").mkdir(parents=True)
     (tmp_path / "usr/local/cuda/version.json").write_text('{"cuda": {"name": "CUDA SDK", "version": "12.6.68"}}')
     found = read_fingerprint(tmp_path)
-    assert found.module == "NVIDIA Jetson AGX Orin Developer Kit"
+    assert found.module == "NVIDIA Jetson AGX Orin Developer Kit"  # no compatible list: the model text
+    compatible = b"nvidia,p3737-0000+p3701-0005\x00nvidia,p3701-0005\x00nvidia,tegra234\x00"
+    (tmp_path / "proc/device-tree/compatible").write_bytes(compatible)
+    assert read_fingerprint(tmp_path).module == "nvidia,p3701-0005"  # the module, whatever the carrier
     assert found.l4t == "36.4.3" and found.cuda == "12.6"
     assert parse_l4t("garbage") is None
     assert read_fingerprint(tmp_path / "absent").module is None  # not a Jetson: unknown, no error
+    from edge.inference.device import module_of
+
+    assert module_of("nvidia,p3971-0000+p3834-0000\x00nvidia,tegra264\x00", None) == "nvidia,tegra264"  # no bare part
+    assert module_of(None, "Some board") == "Some board"
 
 
 def _plan(folder: Path, name: str, device: dict[str, str], mtime: float) -> Path:
