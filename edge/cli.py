@@ -312,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     p_config_check.add_argument("file", type=Path, metavar="SITE.toml")
     p_probe = sub.add_parser("probe", help="health gate: a known image through the running daemon, verdict checked")
     add_probe_arguments(p_probe)
+    p_doctor = sub.add_parser("doctor", help="is this device ready? each check pass/fail/skip with the fix")
+    p_doctor.add_argument("--config", type=Path, help="site configuration (default: /etc/edge-qc/site.toml if present)")
+    p_doctor.add_argument("--json", action="store_true", help="one JSON object: checks (name, status, detail, fix)")
+    p_doctor.add_argument("--root", type=Path, default=Path("/"), help="read /proc, /sys, /dev, /etc under this folder")
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args)
@@ -323,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         from edge.probe import main as probe
 
         return probe(args)
+    if args.command == "doctor":
+        from edge.doctor import main as doctor
+
+        return doctor(args)
     if args.command == "engine":
         if args.action == "activate" and not args.version:
             parser.error("engine activate needs a VERSION")

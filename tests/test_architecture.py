@@ -22,8 +22,9 @@ ALLOWED: dict[str, set[str]] = {
     "engines": {"imaging", "inference", "qc"},
     "pipeline": {"config", "dicom", "engines", "imaging", "inference", "qc", "edge"},
     "probe": {"config", "publish"},
+    "doctor": {"config", "engines", "inference"},
     "service": {"config", "dicom", "observability", "pipeline", "publish", "qc", "systemd"},
-    "cli": {"config", "engines", "inference", "logs", "pipeline", "probe", "qc", "service"},
+    "cli": {"config", "doctor", "engines", "inference", "logs", "pipeline", "probe", "qc", "service"},
     "__init__": set(),
 }
 
