@@ -633,8 +633,7 @@ def check_clock(ctx: Context) -> Check:
 def check_broker(ctx: Context) -> Check:
     """Connect with the configured login and TLS as the daemon does (paho, v2 callbacks), under the
     doctor's own client id: the daemon's would take its session away from it."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+    from edge.publish.mqtt import client_for
 
     mqtt = ctx.config.mqtt
     where = f"{mqtt.host}:{mqtt.port}" + (" over TLS" if mqtt.ca_certs else "")
@@ -646,22 +645,13 @@ def check_broker(ctx: Context) -> Check:
         reasons.append(str(reason) if getattr(reason, "is_failure", False) else "")
         answered.set()
 
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"edge-qc-doctor-{os.getpid()}")
-    client.on_connect = on_connect
     unreachable_fix = (
         "start the broker (systemctl start mosquitto) or correct mqtt.host and mqtt.port; check the network and the"
         " firewall between this device and the broker"
     )
     try:
-        if mqtt.username:
-            client.username_pw_set(mqtt.username, mqtt.password or None)
-        if mqtt.ca_certs:
-            client.tls_set(
-                ca_certs=mqtt.ca_certs,
-                certfile=mqtt.certfile or None,
-                keyfile=mqtt.keyfile or None,
-                keyfile_password=mqtt.keyfile_password or None,
-            )
+        client = client_for(mqtt, f"edge-qc-doctor-{os.getpid()}")
+        client.on_connect = on_connect
         client.connect(mqtt.host, mqtt.port, keepalive=10)
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

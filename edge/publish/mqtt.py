@@ -34,6 +34,22 @@ class Timing:
     reconnect_max_s: int = 30
 
 
+def client_for(settings: MqttConfig, client_id: str) -> mqtt.Client:
+    """A paho client (v2 callbacks) with the site's login and TLS: the one way edge-qc talks to its
+    broker (the publisher, and `edge-qc doctor` checking that it can)."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password or None)
+    if settings.ca_certs:
+        client.tls_set(
+            ca_certs=settings.ca_certs,
+            certfile=settings.certfile or None,
+            keyfile=settings.keyfile or None,
+            keyfile_password=settings.keyfile_password or None,
+        )
+    return client
+
+
 class Publisher:
     def __init__(
         self,
@@ -61,17 +77,8 @@ class Publisher:
         self._birth = dict(birth or {})
         settings = mqtt_config
         client_id = settings.client_id or f"edge-qc-{settings.device}"
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
+        client = client_for(settings, client_id)
         client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
-        if settings.username:
-            client.username_pw_set(settings.username, settings.password or None)
-        if settings.ca_certs:
-            client.tls_set(
-                ca_certs=settings.ca_certs,
-                certfile=settings.certfile or None,
-                keyfile=settings.keyfile or None,
-                keyfile_password=settings.keyfile_password or None,
-            )
         client.reconnect_delay_set(min_delay=1, max_delay=timing.reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

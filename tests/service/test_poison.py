@@ -37,6 +37,18 @@ from tools.testbed import (
 TOPIC = "edgeqc/h1/xr2/jetson7/verdict"
 
 
+def dcmtk_echo(port: int) -> None:
+    """A C-ECHO from DCMTK's echoscu with the modality's AE title; raises unless it succeeds."""
+    echo = subprocess.run(
+        ["/usr/bin/echoscu", "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert echo.returncode == 0, echo.stderr
+
+
 def folder(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -236,13 +248,7 @@ def test_bombs_sent_by_a_modality_get_rejected_verdicts_and_serving_goes_on(brok
         assert wait_for(lambda: len(subscriber.payloads("verdict")) == 3, timeout=60)
         assert sorted(v["reason_code"] for v in verdicts(subscriber)) == sorted(code for code, _ in bombs.values())
         assert {v["verdict"] for v in verdicts(subscriber)} == {"rejected"}
-        echo = subprocess.run(
-            ["/usr/bin/echoscu", "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port)],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        assert echo.returncode == 0, echo.stderr
+        dcmtk_echo(port)
         store(port, good)
         assert wait_for(lambda: len(subscriber.payloads("verdict")) == 4, timeout=60)
         assert verdicts(subscriber)[-1]["verdict"] == "fail"
@@ -276,13 +282,7 @@ def test_a_slowloris_and_a_pdu_length_bomb_leave_the_daemon_judging(broker: Brok
             with contextlib.suppress(OSError):  # the bomb's connection is cut as soon as its header is read
                 attacker.sendall(first)
             attackers.append(attacker)
-        echo = subprocess.run(
-            ["/usr/bin/echoscu", "-aet", "MODALITY", "-aec", "EDGEQC", "127.0.0.1", str(port)],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        assert echo.returncode == 0, echo.stderr
+        dcmtk_echo(port)
         store(port, good)
         assert wait_for(lambda: len(subscriber.payloads("verdict")) == 1, timeout=60)
         assert verdicts(subscriber)[0]["verdict"] == "fail"

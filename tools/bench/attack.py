@@ -609,6 +609,15 @@ class Held:
     closed: float | None = None  # seconds after opening when the daemon closed or reset it
     answer: str = ""  # the first PDU the daemon sent, if any
 
+    def read(self) -> bytes | None:
+        """What the daemon sent (b"" once it closed or reset the connection); None when nothing waits."""
+        try:
+            return self.sock.recv(65536)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
 
 class RawConnections(Attack):
     """TCP connections that send `first` (nothing when empty) and then, with `drip_s`, one byte 0x01
@@ -649,12 +658,9 @@ class RawConnections(Attack):
         while not self.halt.is_set():
             for key, _ in self.selector.select(0.2) if self.selector.get_map() else ():
                 held = key.data
-                try:
-                    data = held.sock.recv(65536)
-                except BlockingIOError:
+                data = held.read()
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if data:
                     held.answer = held.answer or PDU_NAMES.get(data[0], f"PDU 0x{data[0]:02X}")
                 else:
@@ -684,15 +690,7 @@ class RawConnections(Attack):
         """Connections the watch loop never got to (the attack ended while they were being opened):
         closed by the daemon meanwhile, or still open?"""
         for held in self.held:
-            if held.closed is not None:
-                continue
-            try:
-                data = held.sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
+            if held.closed is None and held.read() == b"":
                 held.closed = self.elapsed()
 
     def report(self) -> str:
