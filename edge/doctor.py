@@ -65,8 +65,8 @@ PORT_TIMEOUT_S: Final = 2.0
 
 TENSORRT_FIX: Final = (
     "install TensorRT's Python bindings from JetPack (sudo apt-get install python3-libnvinfer) and let the venv"
-    " see the system dist-packages: the role's edge_qc_venv_system_site_packages, or a .pth file in the venv's"
-    " site-packages naming /usr/lib/python3/dist-packages"
+    " see them: the Ansible role writes a .pth file in the venv's site-packages naming edge_qc_tensorrt_python_dir"
+    " (JetPack 6: /usr/lib/python3.10/dist-packages) on TensorRT hosts; run the role again, or write that file"
 )
 PYCUDA_FIX: Final = (
     "build pycuda from source in the venv: sudo apt-get install build-essential python3-dev, then"

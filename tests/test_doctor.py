@@ -154,7 +154,7 @@ def test_backend_tensorrt_without_tensorrt_fails_tensorrt_and_pycuda_with_the_fi
     tensorrt, pycuda = doctor.check_tensorrt(ctx), doctor.check_pycuda(ctx)
     assert tensorrt.status == "fail" and "No module named 'tensorrt'" in tensorrt.detail
     assert "degraded" in tensorrt.detail
-    assert "python3-libnvinfer" in tensorrt.fix and "edge_qc_venv_system_site_packages" in tensorrt.fix
+    assert "python3-libnvinfer" in tensorrt.fix and "edge_qc_tensorrt_python_dir" in tensorrt.fix
     assert ".pth" in tensorrt.fix
     if importlib.util.find_spec("pycuda") is None:
         assert pycuda.status == "fail" and "No module named 'pycuda'" in pycuda.detail
