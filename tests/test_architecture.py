@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "engines": {"imaging", "inference", "qc"},
     "pipeline": {"config", "dicom", "engines", "imaging", "inference", "qc", "edge"},
     "probe": {"config", "publish"},
-    "doctor": {"config", "engines", "inference"},
+    "doctor": {"config", "engines", "inference", "publish"},
     "service": {"config", "dicom", "observability", "pipeline", "publish", "qc", "systemd"},
     "cli": {"config", "doctor", "engines", "inference", "logs", "pipeline", "probe", "qc", "service"},
     "__init__": set(),

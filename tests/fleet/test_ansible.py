@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from edge.qc.structures import STRUCTURES
+from tests.fleet.environment import ansible_environment
 from tools.testbed import Broker, VerdictSubscriber, accepts, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,16 +177,7 @@ def staging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staging]:
         "edge_qc_mosquitto_user": MOSQUITTO_USER,
     }
     (folder / "vars.json").write_text(json.dumps(variables))
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
-        "ANSIBLE_HOME": str(folder / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_REMOTE_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
+    env = ansible_environment(folder)
     subscriber = VerdictSubscriber(broker.port, "edgeqc/#")
     stage = Staging(folder, folder / "root", inventory, folder / "vars.json", env, subscriber, metrics_port)
     yield stage

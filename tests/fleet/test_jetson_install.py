@@ -23,7 +23,6 @@ import base64
 import hashlib
 import inspect
 import json
-import os
 import re
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.fleet.environment import ansible_environment
 
 # With ansible-core (the fleet extra) come PyYAML and packaging; without it every test here skips.
 yaml = pytest.importorskip("yaml", reason="ansible-core is not installed in this environment (the fleet extra)")
@@ -240,17 +241,7 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
         "edge_qc_onnxruntime_wheel": str(onnxruntime_gpu),
     }
     (folder / "vars.json").write_text(json.dumps(variables))
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"),
-        "ANSIBLE_HOME": str(folder / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_REMOTE_TEMP": str(folder / "ansible-tmp"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
+    env = ansible_environment(folder, ANSIBLE_ROLES_PATH=str(ANSIBLE / "roles"))
     yield Device(folder, root, root / "opt/edge-qc/venv", dist_packages, wheelhouse, env)
 
 
