@@ -40,7 +40,13 @@ from typing import Any, Final, Literal
 from edge.config import Config, ConfigError, load_config
 from edge.engines.manifest import ManifestError, load_manifest
 from edge.engines.store import sha256_of
-from edge.inference.device import DeviceFingerprint, incompatibilities, parse_l4t, read_fingerprint
+from edge.inference.device import (
+    DeviceFingerprint,
+    incompatibilities,
+    parse_l4t,
+    read_fingerprint,
+    split_compatible,
+)
 
 Status = Literal["pass", "fail", "skip"]
 Runner = Callable[[Sequence[str]], tuple[int, str]]  # argv -> (exit status, output)
@@ -158,11 +164,11 @@ class Jetson:
 
 
 def read_jetson(root: Path) -> Jetson:
-    compatible = _read(root / "proc/device-tree/compatible") or ""
+    compatible = _read(root / "proc/device-tree/compatible")
     model = (_read(root / "proc/device-tree/model") or "").strip().strip("\x00").strip()
     return Jetson(
         release=_read(root / "etc/nv_tegra_release"),
-        compatible=tuple(s.strip() for s in compatible.split("\x00") if s.strip()),
+        compatible=split_compatible(compatible),
         model=model or None,
     )
 

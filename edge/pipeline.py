@@ -37,8 +37,6 @@ from edge.qc.verdict import Verdict
 log = logging.getLogger("edge.pipeline")
 # How often the activation watcher looks at the engines directory's `current` pointer.
 ACTIVATION_POLL_S: Final = 0.5
-# Enough of a file to hold its Part 10 meta information (which says whether it is compressed).
-META_HEAD_BYTES: Final = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ class Pipeline:
     def _notes(self) -> list[str]:
         return [f"degraded: {self.degraded}; judged with ONNX Runtime on the CPU"] if self.degraded else []
 
-    def rejected(self, exc: Rejection, timings: dict[str, float], sop_instance_uid: str = "") -> Result:
+    def _rejected(self, exc: Rejection, timings: dict[str, float]) -> Result:
         verdict = Verdict.rejected(
             reason=exc.message,
             code=exc.reason,
@@ -101,26 +99,21 @@ class Pipeline:
             notes=self._notes(),
             timings_ms=timings,
             degraded=bool(self.degraded),
-            sop_instance_uid=sop_instance_uid,
+            sop_instance_uid=exc.sop_instance_uid,
         )
         return Result(verdict)
 
-    def read(self, source: bytes | Path | str) -> tuple[Radiograph, str]:
-        """Read and decode, and the SOP Instance UID the file's meta names. A compressed or deflated
-        dataset is decompressed in the sandbox (edge.dicom.sandbox) and read here uncompressed; an
-        uncompressed one never leaves this process."""
-        if isinstance(source, bytes):
-            head = source[:META_HEAD_BYTES]
-        else:
-            with open(source, "rb") as f:
-                head = f.read(META_HEAD_BYTES)
-        syntax, uid = part10_meta(head)
+    def read(self, source: bytes | Path | str) -> Radiograph:
+        """Read and decode. A compressed or deflated dataset is decompressed in the sandbox
+        (edge.dicom.sandbox) and read here uncompressed; an uncompressed one never leaves this process.
+        A `Rejection` carries the SOP Instance UID the file's meta names."""
+        syntax, uid = part10_meta(source)
         try:
             if not needs_sandbox(syntax):
-                return decode(read_dataset(source)), uid
+                return decode(read_dataset(source))
             data = source if isinstance(source, bytes) else Path(source).read_bytes()
             radiograph = decode(read_dataset(self.sandbox.transcode(data)))
-            return dataclasses.replace(radiograph, transfer_syntax=str(getattr(UID(syntax), "name", syntax))), uid
+            return dataclasses.replace(radiograph, transfer_syntax=str(getattr(UID(syntax), "name", syntax)))
         except Rejection as exc:
             exc.sop_instance_uid = uid
             raise
@@ -142,11 +135,11 @@ class Pipeline:
             t = now
 
         try:
-            radiograph = decode(source) if isinstance(source, Dataset) else self.read(source)[0]
+            radiograph = decode(source) if isinstance(source, Dataset) else self.read(source)
         except Rejection as exc:
             lap("decode")
             timings["total"] = (time.perf_counter() - start) * 1000
-            return self.rejected(exc, timings, exc.sop_instance_uid)
+            return self._rejected(exc, timings)
         lap("decode")
         net_input, transform = preprocess(radiograph.pixels, self.manifest.input_size)
         mirrored = radiograph.faces_left

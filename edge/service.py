@@ -211,14 +211,10 @@ class Service:
 
     def _unjudged(self, arrival: Arrival, code: str, reason: str) -> Verdict:
         """A rejected verdict for an image that was not judged, naming it by the UID its file meta gives."""
-        head = arrival.data
-        if head is None:
-            try:
-                with open(arrival.entry, "rb") as f:
-                    head = f.read(1 << 16)
-            except OSError:
-                head = b""
-        uid = part10_meta(head[: 1 << 16])[1]
+        try:
+            uid = part10_meta(arrival.entry if arrival.data is None else arrival.data)[1]
+        except OSError:
+            uid = ""
         return Verdict.rejected(reason=reason, code=code, versions=self.pipeline.versions, sop_instance_uid=uid)
 
     def _retry(self, arrival: Arrival) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
@@ -119,15 +119,29 @@ class Rejection(Exception):  # noqa: N818 - an outcome the appliance reports, no
         return f"{self.reason}: {self.message}"
 
 
-def part10_meta(head: bytes) -> tuple[str, str]:
+# Enough of a file to hold its Part 10 meta information.
+META_HEAD_BYTES: Final = 1 << 16
+
+
+def read_file_meta(stream: BinaryIO) -> FileMetaDataset:
+    """A Part 10 file's preamble and meta information, and no further: the stream is left where the
+    data set begins (which may be deflated)."""
+    read_preamble(stream, False)
+    return _read_file_meta_info(stream)
+
+
+def part10_meta(source: bytes | Path | str) -> tuple[str, str]:
     """The transfer syntax and the SOP Instance UID that a Part 10 file's meta information names,
-    from the file's first bytes, without reading (or inflating) the data set; ("", "") when it has
-    none. What is done with a dataset depends on the first, and a verdict on an unreadable one can
-    still name its image by the second."""
+    from its first bytes, without reading (or inflating) the data set; ("", "") when it has none.
+    What is done with a dataset depends on the first, and a verdict on an unreadable one can still
+    name its image by the second. A file that cannot be opened raises OSError."""
+    if isinstance(source, bytes):
+        head = source[:META_HEAD_BYTES]
+    else:
+        with open(source, "rb") as f:
+            head = f.read(META_HEAD_BYTES)
     try:
-        stream = io.BytesIO(head)
-        read_preamble(stream, False)
-        meta = _read_file_meta_info(stream)
+        meta = read_file_meta(io.BytesIO(head))
     except Exception:  # not Part 10, a truncated head, a broken meta: the full read reports it
         return "", ""
     return str(meta.get("TransferSyntaxUID", "")), str(meta.get("MediaStorageSOPInstanceUID", ""))

@@ -38,7 +38,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from edge.dicom.decode import Rejection, check_header
+from edge.dicom.decode import Rejection, check_header, read_file_meta
 
 UNCOMPRESSED: Final = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian})
 _LENGTH = struct.Struct("<Q")
@@ -180,11 +180,10 @@ def _inflated(data: bytes, body_start: int, limit: int) -> bytes:
 
 def _read(data: bytes, max_dataset_bytes: int) -> tuple[object, str]:
     import pydicom
-    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.filereader import read_dataset
 
     stream = io.BytesIO(data)
-    read_preamble(stream, False)
-    meta = _read_file_meta_info(stream)
+    meta = read_file_meta(stream)
     syntax = str(meta.get("TransferSyntaxUID", ""))
     if syntax == DeflatedExplicitVRLittleEndian:
         body = io.BytesIO(_inflated(data, stream.tell(), max_dataset_bytes))

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -154,6 +155,15 @@ class _FilteringServer(ThreadedAssociationServer):
         return True
 
 
+@dataclass
+class _Message:
+    """A message being received on one association: when its first P-DATA PDU came, and its size so far."""
+
+    began: float  # perf_counter()
+    began_ns: int  # ns since the epoch
+    received_bytes: int = 0
+
+
 class StorageScp:
     def __init__(
         self,
@@ -166,8 +176,7 @@ class StorageScp:
         self.spool = spool
         self.on_arrival = on_arrival  # may block while the queue is full: back-pressure on the sender
         self.on_association = on_association  # "accepted" / "rejected"
-        # association -> when its current message began (perf_counter, ns since the epoch) and its bytes so far
-        self._first_pdu: dict[int, tuple[float, int, list[int]]] = {}
+        self._messages: dict[int, _Message] = {}  # association -> the message it is receiving
         ae = AE(ae_title=settings.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
@@ -188,16 +197,17 @@ class StorageScp:
         pynetdicom has assembled (and copied) a dataset the daemon cannot hold."""
         if not isinstance(event.pdu, P_DATA_TF):
             return
-        began = self._first_pdu.setdefault(id(event.assoc), (time.perf_counter(), time.time_ns(), [0]))
-        began[2][0] += sum(len(item.data or b"") for item in event.pdu.presentation_data_value_items)
-        if began[2][0] > self.settings.max_dataset_bytes:
+        message = self._messages.setdefault(id(event.assoc), _Message(time.perf_counter(), time.time_ns()))
+        message.received_bytes += sum(len(item.data or b"") for item in event.pdu.presentation_data_value_items)
+        if message.received_bytes > self.settings.max_dataset_bytes:
             reason = f"dataset larger than max_dataset_bytes ({self.settings.max_dataset_bytes})"
             if drop(event.assoc, reason):
                 log.warning("association from %s aborted: %s", event.assoc.requestor.address, reason)
 
     def _message_began(self, event: Event) -> tuple[float, int]:
-        began = self._first_pdu.pop(id(event.assoc), None)
-        return (began[0], began[1]) if began else (time.perf_counter(), time.time_ns())
+        """When the message now complete began (perf_counter, ns since the epoch); forgets it."""
+        message = self._messages.pop(id(event.assoc), None)
+        return (message.began, message.began_ns) if message else (time.perf_counter(), time.time_ns())
 
     def _on_echo(self, event: Event) -> int:
         self._message_began(event)

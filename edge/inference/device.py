@@ -74,11 +74,16 @@ def _module_version(name: str) -> str | None:
     return str(version) if version else None
 
 
+def split_compatible(text: str | None) -> tuple[str, ...]:
+    """The entries of a device tree's compatible property (NUL-separated strings)."""
+    return tuple(entry.strip() for entry in (text or "").split("\x00") if entry.strip())
+
+
 def module_of(compatible: str | None, model: str | None) -> str | None:
     """The module from the device tree's compatible list ("nvidia,p3737-0000+p3701-0005\0nvidia,p3701-
     0005\0nvidia,tegra234"): the first plain part-number entry, carrier boards ("a+b") passed over;
     the SoC entry ("nvidia,tegra234") where there is no part number; else the model text."""
-    entries = [e.strip() for e in (compatible or "").split("\x00") if e.strip()]
+    entries = split_compatible(compatible)
     for entry in entries:
         if "+" not in entry and re.fullmatch(r"nvidia,p\d{4}-\d{4}", entry):
             return entry
@@ -88,23 +93,27 @@ def module_of(compatible: str | None, model: str | None) -> str | None:
     return model
 
 
-def _driver_cuda_version() -> str | None:
-    """The CUDA version the driver supports (from the driver, not from a toolkit's files)."""
+def _from_driver() -> tuple[str | None, str | None]:
+    """The CUDA version the driver supports and GPU 0's compute capability, from the driver itself
+    (not from a toolkit's files); (None, None) without pycuda, a driver or a GPU."""
     try:
         import pycuda.driver as cuda
     except ImportError:
-        return None
+        return None, None
     try:
         cuda.init()
         version = int(cuda.get_driver_version())  # e.g. 12060
-    except Exception:  # no GPU, no driver: unknown here
-        return None
-    return f"{version // 1000}.{version % 1000 // 10}"
+    except Exception:  # no driver: unknown here, not an error
+        return None, None
+    try:
+        major, minor = cuda.Device(0).compute_capability()
+    except Exception:  # a driver without a GPU
+        return f"{version // 1000}.{version % 1000 // 10}", None
+    return f"{version // 1000}.{version % 1000 // 10}", f"{major}.{minor}"
 
 
-def _cuda_version(root: Path) -> str | None:
+def _cuda_version(root: Path, driver: str | None) -> str | None:
     """The driver's CUDA version; the toolkit's version.json only where the driver cannot be asked."""
-    driver = _driver_cuda_version()
     if driver is not None:
         return driver
     text = _read(root / "usr/local/cuda/version.json")
@@ -117,25 +126,13 @@ def _cuda_version(root: Path) -> str | None:
     return None
 
 
-def _compute_capability() -> str | None:
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        return None
-    try:
-        cuda.init()
-        major, minor = cuda.Device(0).compute_capability()
-    except Exception:  # no GPU, no driver: unknown, not an error here
-        return None
-    return f"{major}.{minor}"
-
-
 def read_fingerprint(root: Path = Path("/")) -> DeviceFingerprint:
     """This device's fingerprint; `root` lets tests point at a prepared file tree."""
+    driver_cuda, compute_capability = _from_driver()
     return DeviceFingerprint(
         tensorrt=_module_version("tensorrt"),
-        cuda=_cuda_version(root),
-        compute_capability=_compute_capability(),
+        cuda=_cuda_version(root, driver_cuda),
+        compute_capability=compute_capability,
         module=module_of(_read_raw(root / "proc/device-tree/compatible"), _read(root / "proc/device-tree/model")),
         l4t=parse_l4t(_read(root / "etc/nv_tegra_release")),
     )
