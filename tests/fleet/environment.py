@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -24,3 +28,31 @@ def ansible_environment(folder: Path, **extra: str) -> dict[str, str]:
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         **extra,
     }
+
+
+PLAYBOOK: Final = Path(sys.executable).parent / "ansible-playbook"
+RECAP: Final = r"^{host}\s+: ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+).*$"
+
+
+@dataclass(frozen=True)
+class Run:
+    rc: int
+    output: str
+    recap: str  # the PLAY RECAP line of the device
+    changed: int
+    failed: int
+
+
+def run_playbook(argv: Sequence[str], env: dict[str, str], log: Path, host: str = "room1", timeout: int = 600) -> Run:
+    """ansible-playbook ARGV from the ansible folder; its output appended to `log`; the recap of `host`
+    (a run without one is a failed test, shown with the end of the output)."""
+    proc = subprocess.run(
+        [str(PLAYBOOK), *argv], cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    output = proc.stdout + proc.stderr
+    with log.open("a") as f:
+        f.write(output)
+    found = re.search(RECAP.format(host=host), output, re.MULTILINE)
+    assert found is not None, output[-3000:]
+    recap = re.sub(r"\s+", " ", found.group(0))
+    return Run(proc.returncode, output, recap, int(found.group(1)), int(found.group(2)))

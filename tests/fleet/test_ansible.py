@@ -25,28 +25,19 @@ import numpy as np
 import pytest
 
 from edge.qc.structures import STRUCTURES
-from tests.fleet.environment import ansible_environment
+from tests.fleet.environment import PLAYBOOK, Run, ansible_environment, run_playbook
 from tools.testbed import Broker, VerdictSubscriber, accepts, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 MODELS = REPO / "engines" / "lumbar-resunet"
 BUILD_WHEEL = ANSIBLE / "roles" / "edge_qc" / "files" / "build-wheel.sh"
-RECAP = re.compile(r"^room1\s+: ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+).*$", re.MULTILINE)
 
 pytestmark = pytest.mark.slow
 # Started as root, mosquitto drops to its own user, which cannot write into pytest's private tmp folders.
 MOSQUITTO_USER = "root" if os.geteuid() == 0 else ""
 
 
-@dataclass
-class Run:
-    rc: int
-    output: str
-    recap: str  # the PLAY RECAP line of the device
-    changed: int
-    failed: int
 
 
 @dataclass
@@ -67,21 +58,9 @@ class Staging:
         return os.readlink(self.engines / name)
 
     def playbook(self, name: str, *extra: str, inventory: Path | None = None) -> Run:
-        proc = subprocess.run(
-            [str(PLAYBOOK), "-i", str(inventory or self.inventory), "-e", f"@{self.variables}", *extra, name],
-            cwd=ANSIBLE,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        output = proc.stdout + proc.stderr
-        (self.folder / f"{name}.log").open("a").write(output)
-        found = RECAP.search(output)  # the device's line (rollout.yml also has one for localhost)
-        assert found is not None, output[-3000:]
-        recap = re.sub(r"\s+", " ", found.group(0))
-        return Run(proc.returncode, output, recap, int(found.group(1)), int(found.group(2)))
+        # the device's recap line (rollout.yml also has one for localhost)
+        argv = ["-i", str(inventory or self.inventory), "-e", f"@{self.variables}", *extra, name]
+        return run_playbook(argv, self.env, self.folder / f"{name}.log")
 
     def verdicts_from(self, version: str) -> list[dict[str, Any]]:
         return [

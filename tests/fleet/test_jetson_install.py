@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet.environment import ansible_environment
+from tests.fleet.environment import PLAYBOOK, RECAP, Run, ansible_environment, run_playbook
 
 # With ansible-core (the fleet extra) come PyYAML and packaging; without it every test here skips.
 yaml = pytest.importorskip("yaml", reason="ansible-core is not installed in this environment (the fleet extra)")
@@ -49,9 +49,7 @@ else:
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 ROLE = ANSIBLE / "roles" / "edge_qc"
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 BUILD_WHEEL = ROLE / "files" / "build-wheel.sh"
-RECAP = r"^{host}\s+: ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+).*$"
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 PYCUDA = DEFAULTS["edge_qc_pycuda_version"]
 TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
@@ -86,13 +84,6 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 """
 
 
-@dataclass
-class Run:
-    rc: int
-    output: str
-    changed: int
-    failed: int
-
 
 @dataclass
 class Device:
@@ -104,25 +95,9 @@ class Device:
     env: dict[str, str]
 
     def playbook(self, *extra: str, inventory: str = "hosts.yml") -> Run:
-        proc = subprocess.run(
-            [
-                str(PLAYBOOK),
-                *("-i", str(self.folder / inventory), "-e", f"@{self.folder / 'vars.json'}", *extra),
-                str(self.folder / "install-only.yml"),
-            ],
-            cwd=ANSIBLE,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        output = proc.stdout + proc.stderr
-        with (self.folder / "install-only.log").open("a") as log:
-            log.write(output)
-        found = re.search(RECAP.format(host="room1"), output, re.MULTILINE)
-        assert found is not None, output[-3000:]
-        return Run(proc.returncode, output, int(found.group(1)), int(found.group(2)))
+        argv = ["-i", str(self.folder / inventory), "-e", f"@{self.folder / 'vars.json'}", *extra]
+        argv.append(str(self.folder / "install-only.yml"))
+        return run_playbook(argv, self.env, self.folder / "install-only.log", timeout=300)
 
     def python(self, code: str, root: Path | None = None) -> str:
         return subprocess.run(
