@@ -23,6 +23,7 @@ Outcome = Literal["pass", "warn", "fail", "indeterminate"]
 @dataclass(frozen=True)
 class ItemResult:
     item: str
+    title: str  # the standard's title for the item, for the radiographer (never the item id)
     outcome: Outcome
     severity: str
     value: float | None
@@ -35,6 +36,7 @@ class ItemResult:
     def as_dict(self) -> dict[str, object]:
         value = None if self.value is None or not np.isfinite(self.value) else round(float(self.value), 4)
         out: dict[str, object] = {
+            "title": self.title,
             "outcome": self.outcome,
             "severity": self.severity,
             "value": value,
@@ -86,6 +88,7 @@ def judge_item(m: Measurement, rule: ItemRule, view: View) -> ItemResult:
     if m.value is None or np.isnan(m.value):
         return ItemResult(
             m.item,
+            rule.title,
             "indeterminate",
             rule.severity,
             None,
@@ -99,7 +102,9 @@ def judge_item(m: Measurement, rule: ItemRule, view: View) -> ItemResult:
     if outcome == "fail" and rule.severity == "warn":
         outcome = "warn"
     fix = correction(m, rule, view) if outcome != "pass" else ""
-    return ItemResult(m.item, outcome, rule.severity, m.value, m.unit, threshold, _message(rule, m), fix, m.detail)
+    return ItemResult(
+        m.item, rule.title, outcome, rule.severity, m.value, m.unit, threshold, _message(rule, m), fix, m.detail
+    )
 
 
 def judge(measurements: dict[str, Measurement], standard: Standard, view: View) -> dict[str, ItemResult]:

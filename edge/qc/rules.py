@@ -24,6 +24,7 @@ class ItemRule:
     view: View
     item: str
     severity: Severity
+    title: str  # what the item checks, in the radiographer's words (the standard's English)
     message: str
     params: Mapping[str, ParamValue]
 

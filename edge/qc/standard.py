@@ -25,7 +25,7 @@ else:  # JetPack 6 (Ubuntu 22.04) ships Python 3.10
 
 # Every item the judge knows, with the parameters it needs (the registry's): unknown items or keys are errors.
 ITEM_PARAMS: Final[dict[str, frozenset[str]]] = {name: spec.required for name, spec in ITEMS.items()}
-_COMMON_KEYS: Final = frozenset({"severity", "message"})
+_COMMON_KEYS: Final = frozenset({"severity", "title", "message"})
 _OPTIONAL_PARAMS: Final[dict[str, frozenset[str]]] = {name: spec.optional for name, spec in ITEMS.items()}
 
 DEFAULT_STANDARD: Final = "lumbar-1.0.toml"
@@ -41,7 +41,7 @@ SIGNED_PARAMS: Final = frozenset({"fail_below", "fail_above", "warn_below", "war
 
 
 def allowed_keys(item: str) -> frozenset[str]:
-    """The keys an item's table may hold: its parameters, optional ones, severity and message (the one
+    """The keys an item's table may hold: its parameters, optional ones, severity, title and message (the one
     rule, for the standard file and a site's overrides alike)."""
     return ITEM_PARAMS[item] | _COMMON_KEYS | _OPTIONAL_PARAMS.get(item, frozenset())
 
@@ -72,7 +72,9 @@ def _check_item(where: str, view: View, item: str, table: object) -> ItemRule:
         elif isinstance(value, bool) or not isinstance(value, int | float):
             raise StandardError(f"{where}: '{view}.{item}.{key}' must be a number, got {value!r}")
         params[key] = value
-    return ItemRule(view=view, item=item, severity=severity, message=str(table["message"]), params=params)
+    return ItemRule(
+        view=view, item=item, severity=severity, title=str(table["title"]), message=str(table["message"]), params=params
+    )
 
 
 def parse_standard(data: Mapping[str, object], where: str = "<standard>") -> Standard:

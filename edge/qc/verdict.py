@@ -151,7 +151,8 @@ class Verdict:
     def as_dict(self) -> dict[str, Any]:
         def brief(r: ItemResult) -> dict[str, object]:
             d = r.as_dict()
-            return {"item": r.item, **{k: d[k] for k in ("value", "unit", "threshold", "message", "correction")}}
+            keys = ("title", "value", "unit", "threshold", "message", "correction")
+            return {"item": r.item, **{k: d[k] for k in keys}}
 
         return {
             "$schema": SCHEMA_ID,

@@ -21,7 +21,10 @@ def shipped() -> dict[str, Any]:
     return {
         "standard": {"name": standard.name, "version": standard.version},
         **{
-            view: {item: {"severity": r.severity, "message": r.message, **r.params} for item, r in rules.items()}
+            view: {
+                item: {"severity": r.severity, "title": r.title, "message": r.message, **r.params}
+                for item, r in rules.items()
+            }
             for view, rules in standard.items.items()
         },
     }
@@ -35,7 +38,7 @@ def test_shipped_standard_covers_every_view() -> None:
     assert standard.rule("oblique", "obliquity").number("min_angle_deg") == 30.0
     for view in VIEWS:
         for item, rule in standard.items[view].items():
-            assert item in ITEM_PARAMS and rule.message
+            assert item in ITEM_PARAMS and rule.message and rule.title
             if "structure" in rule.params:
                 assert rule.text("structure") in STRUCTURES
 
