@@ -1,6 +1,7 @@
 """edge-qc: the appliance's command line.
 
-    edge-qc check FILE.dcm [FILE.dcm ...] [--json] [--overlay OUT.png] [--config site.toml]
+    edge-qc --version
+    edge-qc check FILE.dcm|DIR [...] [--json] [--overlay OUT.png] [--config site.toml]
     edge-qc serve --config site.toml
     edge-qc engine list|activate VERSION|rollback [--root ENGINES_DIR]
     edge-qc engine validate MODEL_DIR [--precision fp32|fp16] [--write]
@@ -10,6 +11,7 @@
 
 Exit status: 0 every image passed, 1 at least one failed, was indeterminate or was rejected,
 2 the command itself could not run (bad configuration, missing model, unreadable file).
+Errors are said in edge-qc's words; a library's own message goes to the log at most.
 """
 
 from __future__ import annotations
@@ -25,63 +27,119 @@ from edge.inference.backend import BackendUnavailableError
 from edge.probe import add_arguments as add_probe_arguments
 
 
-def _overlay_path(base: Path, index: int, count: int, source: Path) -> Path:
-    """One overlay per input: the given name for a single file, NAME-<input stem>.png for several."""
+def _overlay_path(base: Path, source: Path, count: int, used: set[Path]) -> Path:
+    """One overlay per input: the given name for a single file, NAME-<input stem>.png for several
+    (NAME-<input stem>-2.png where two inputs in different folders share a stem)."""
     if count == 1:
         return base
-    return base.with_name(f"{base.stem}-{source.stem}{base.suffix or '.png'}")
+    suffix = base.suffix or ".png"
+    path, n = base.with_name(f"{base.stem}-{source.stem}{suffix}"), 1
+    while path in used:
+        n += 1
+        path = base.with_name(f"{base.stem}-{source.stem}-{n}{suffix}")
+    used.add(path)
+    return path
+
+
+def inputs(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files to judge, in order: a file as given; a directory's files, recursively, sorted by path,
+    without hidden files and DICOMDIR indexes. And the paths that give none, with why (our words)."""
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.name.upper() != "DICOMDIR"
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            files.extend(found)
+            if not found:
+                problems.append((path, "no files in this directory"))
+        elif path.is_file():
+            files.append(path)
+        elif path.exists():
+            problems.append((path, "not a file or directory"))
+        else:
+            problems.append((path, "no such file or directory"))
+    return files, problems
+
+
+def _os_error(exc: OSError) -> str:
+    """An operating-system error in a few words (its strerror, lower case), without the library's
+    traceback-style text."""
+    words = exc.strerror or type(exc).__name__
+    return f"cannot read: {words[:1].lower()}{words[1:]}"
 
 
 def check(args: argparse.Namespace) -> int:
+    """Judge files and directories; with --json one JSON document per input file, one per line (JSON
+    Lines), printed as each file is judged: {"file", "verdict"} or {"file", "error"}."""
+    import warnings
+
     from edge.pipeline import Pipeline
 
+    # pydicom warns on stderr about what it reads ("Expected explicit VR, but found implicit VR..."): its
+    # words, not ours; a verdict already says what matters about a file
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    files, problems = inputs(args.files)
+    worst = 2 if problems else 0
+    for path, problem in problems:
+        print(f"edge-qc: {path}: {problem}", file=sys.stderr)
+        if args.json:
+            _json_line({"file": str(path), "error": problem})
+    if not files:
+        return 2
     try:
         config = load_config(args.config)
         pipeline = Pipeline(config)
     except (ConfigError, ManifestError, BackendUnavailableError) as exc:
         print(f"edge-qc: {exc}", file=sys.stderr)
         return 2
-    worst = 0
-    documents = []
-    for i, path in enumerate(args.files):
-        if not path.is_file():
-            print(f"edge-qc: {path}: no such file", file=sys.stderr)
-            worst = 2
-            continue
-        try:
-            result = pipeline.process(path)
-        except OSError as exc:
-            print(f"edge-qc: {path}: {exc.strerror or exc}", file=sys.stderr)
-            worst = 2
-            continue
-        verdict = result.verdict
-        if verdict.verdict != "pass":
-            worst = max(worst, 1)
-        if args.json:
-            documents.append({"file": str(path), "verdict": verdict.as_dict()})
-        else:
-            print(f"{path}: {verdict.summary()}")
-            if args.timings:
-                stages = ", ".join(f"{k} {v:.0f} ms" for k, v in verdict.timings_ms.items())
-                print(f"  timings: {stages}")
-        if args.overlay is not None:
-            from edge.qc.overlay import draw_overlay
-
-            if result.radiograph is None:
-                print(f"edge-qc: {path}: no overlay for a rejected input", file=sys.stderr)
-                continue
-            out = _overlay_path(args.overlay, i, len(args.files), path)
+    used: set[Path] = set()
+    try:
+        for path in files:
             try:
-                draw_overlay(result.radiograph, result.segmentation, verdict).save(out)
+                result = pipeline.process(path)
             except OSError as exc:
-                print(f"edge-qc: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
-                return 2
-            if not args.json:
-                print(f"  overlay: {out}")
-    if args.json:
-        print(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2, allow_nan=False))
-    pipeline.close()
+                print(f"edge-qc: {path}: {_os_error(exc)}", file=sys.stderr)
+                if args.json:
+                    _json_line({"file": str(path), "error": _os_error(exc)})
+                worst = 2
+                continue
+            verdict = result.verdict
+            if verdict.verdict != "pass":
+                worst = max(worst, 1)
+            if args.json:
+                _json_line({"file": str(path), "verdict": verdict.as_dict()})
+            else:
+                print(f"{path}: {verdict.summary()}")
+                if args.timings:
+                    stages = ", ".join(f"{k} {v:.0f} ms" for k, v in verdict.timings_ms.items())
+                    print(f"  timings: {stages}")
+            if args.overlay is not None:
+                from edge.qc.overlay import draw_overlay
+
+                if result.radiograph is None:
+                    print(f"edge-qc: {path}: no overlay for an image that was not read", file=sys.stderr)
+                    continue
+                out = _overlay_path(args.overlay, path, len(files), used)
+                try:
+                    draw_overlay(result.radiograph, result.segmentation, verdict).save(out)
+                except OSError as exc:
+                    print(f"edge-qc: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+                    return 2
+                if not args.json:
+                    print(f"  overlay: {out}")
+    finally:
+        pipeline.close()
     return worst
+
+
+def _json_line(document: dict[str, object]) -> None:
+    print(json.dumps(document, allow_nan=False, separators=(",", ":")), flush=True)
 
 
 def validate_engine(args: argparse.Namespace, manifest: ModelManifest) -> int:
@@ -279,13 +337,68 @@ def config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """edge-qc's version (the installed package's), with the model and QC standard it ships (each
+    "unknown" where it cannot be read: --version never fails)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from edge.config import DEFAULT_MODEL
+    from edge.engines.manifest import load_manifest
+    from edge.qc.standard import load_standard
+
+    try:
+        package = version("edge-qc")
+    except PackageNotFoundError:
+        package = "unknown (not installed)"
+    try:
+        model = load_manifest(DEFAULT_MODEL).label
+    except (ManifestError, OSError):
+        model = "unknown"
+    try:
+        standard = load_standard()
+        rules = f"{standard.name} {standard.version}"
+    except (ConfigError, OSError, ValueError):
+        rules = "unknown"
+    return f"edge-qc {package} (model {model}, standard {rules})"
+
+
+class _Version(argparse.Action):
+    """--version: computed when asked (it reads the model's manifest), then exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-qc", description="Lumbar-spine radiograph quality control.")
+    parser.add_argument("--version", action=_Version, help="edge-qc's version, the shipped model's and the standard's")
     sub = parser.add_subparsers(dest="command", required=True)
     p_check = sub.add_parser("check", help="judge DICOM files offline (the daemon's pipeline, on files)")
-    p_check.add_argument("files", nargs="+", type=Path, metavar="FILE.dcm")
-    p_check.add_argument("--json", action="store_true", help="print the verdicts as JSON (verdict.schema.json)")
-    p_check.add_argument("--overlay", type=Path, metavar="OUT.png", help="draw structures and failed items")
+    p_check.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE.dcm|DIR",
+        help="DICOM files; a directory: every file in it and its subdirectories, sorted by path"
+        " (hidden files and DICOMDIR skipped)",
+    )
+    p_check.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON Lines: one JSON document per input file, one per line, also for a single file:"
+        ' {"file": PATH, "verdict": {...}} (verdict.schema.json), or {"file": PATH, "error": WHY} for a file'
+        " that could not be read",
+    )
+    p_check.add_argument(
+        "--overlay",
+        type=Path,
+        metavar="OUT.png",
+        help="draw structures and failed items (several inputs: OUT-<input stem>.png each)",
+    )
     p_check.add_argument("--config", type=Path, help="site configuration (TOML); default: built-in defaults")
     p_check.add_argument("--timings", action="store_true", help="print the time of every pipeline stage")
     p_serve = sub.add_parser("serve", help="the daemon: DICOM C-STORE in, verdicts out over MQTT")

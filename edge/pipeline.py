@@ -33,6 +33,7 @@ from edge.qc.measure import Measurement
 from edge.qc.segmentation import Segmentation
 from edge.qc.standard import Standard, site_standard
 from edge.qc.verdict import Verdict
+from edge.qc.words import Words, site_words
 
 log = logging.getLogger("edge.pipeline")
 # How often the activation watcher looks at the engines directory's `current` pointer.
@@ -53,6 +54,7 @@ class Pipeline:
     def __init__(self, config: Config, backend: Backend | None = None) -> None:
         self.config = config
         self.standard: Standard = site_standard(config.qc, config.source)
+        self.words: Words = site_words(config.qc, config.source)
         self.manifest: ModelManifest = load_manifest(config.model.path)
         self.degraded = ""
         if backend is None:
@@ -100,6 +102,7 @@ class Pipeline:
             timings_ms=timings,
             degraded=bool(self.degraded),
             sop_instance_uid=exc.sop_instance_uid,
+            words=self.words,
         )
         return Result(verdict)
 
@@ -116,13 +119,15 @@ class Pipeline:
             return dataclasses.replace(radiograph, transfer_syntax=str(getattr(UID(syntax), "name", syntax)))
         except Rejection as exc:
             exc.sop_instance_uid = uid
+            if exc.detail:  # the library's own words: for the operator's log, never the verdict
+                log.info("rejected (%s): %s", exc.reason, exc.detail)
             raise
         except OSError:
             raise  # the file itself is gone or unreadable: the caller's to report, not the image's fault
         except Exception as exc:  # a dataset this code did not foresee: a verdict that says so, never a crash
             log.exception("decoding failed unexpectedly")
-            message = f"the image could not be decoded ({type(exc).__name__}): {exc}"
-            raise Rejection("internal_error", message, uid) from exc
+            message = "the image could not be decoded: an error in edge-qc (see the log)"
+            raise Rejection("internal_error", message, uid, detail=f"{type(exc).__name__}: {exc}") from exc
 
     def process(self, source: bytes | Path | str | Dataset) -> Result:
         timings: dict[str, float] = {}
@@ -161,6 +166,7 @@ class Pipeline:
             notes=self._notes(),
             degraded=bool(self.degraded),
             calibration=self.manifest.reading_confidence,
+            words=self.words,
         )
         timings.update(assessment.timings_ms)
         timings["total"] = (time.perf_counter() - start) * 1000
@@ -198,6 +204,16 @@ class ReloadingPipeline:
     @property
     def versions(self) -> dict[str, str]:
         return self._pipeline.versions
+
+    @property
+    def words(self) -> Words:
+        """The language the serving pipeline writes verdicts in (the site's qc.language)."""
+        return self._pipeline.words
+
+    @property
+    def degraded(self) -> str:
+        """Why the serving version judges with the fallback backend ("" when it does not)."""
+        return self._pipeline.degraded
 
     def prestart(self) -> None:
         """Start the decode sandbox's child now, so the first compressed image does not wait for it."""

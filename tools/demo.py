@@ -35,6 +35,21 @@ CASES = (
 )
 
 
+def verdict_lines(verdict: dict[str, Any]) -> list[str]:
+    """What the demo shows of one verdict: the banner's headline, each correction once with the titles
+    of the items it fixes, and EI/DI (the radiographer's words: never an item id)."""
+    view = (verdict.get("view") or {}).get("judged")
+    total = verdict.get("timings_ms", {}).get("total", 0)
+    head = f"{verdict['verdict'].upper()} ({view}, judged in {total:.0f} ms): {verdict.get('headline', '')}"
+    lines = [head + (f" - {verdict['reason']}" if verdict.get("reason") else "")]
+    lines += [f"{c['text']} ({', '.join(c['items'])})" for c in verdict.get("corrections", [])]
+    exposure = verdict.get("exposure") or {}
+    if exposure.get("exposure_index") is not None:
+        di = exposure.get("deviation_index")
+        lines.append(f"EI {exposure['exposure_index']:.0f}" + ("" if di is None else f", DI {di:+.1f}"))
+    return lines
+
+
 def write_studies(folder: Path) -> list[Path]:
     from dataclasses import replace
 
@@ -77,12 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if not topic.endswith("/verdict"):
             print(f"  MQTT {topic}: {payload}")
             return
-        verdict = payload["verdict"]
-        view = (verdict.get("view") or {}).get("judged")
-        total = verdict.get("timings_ms", {}).get("total", 0)
-        print(f"  MQTT {topic}: {verdict['verdict'].upper()} ({view}, judged in {total:.0f} ms)")
-        for failed in verdict.get("failed", []):
-            print(f"      {failed['item']}: {failed['correction']}")
+        print(f"  MQTT {topic}: " + "\n      ".join(verdict_lines(payload["verdict"])))
         arrived.set()
 
     subscriber = VerdictSubscriber(broker.port, "edgeqc/#", on_message=show, client_id="demo-viewer")

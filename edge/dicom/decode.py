@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from edge.dicom.shutter import find as find_shutter
 from edge.imaging.preprocess import area_average
@@ -107,16 +108,29 @@ def view_from_tags(view_position: str, view_code: str) -> tuple[str | None, str 
 
 class Rejection(Exception):  # noqa: N818 - an outcome the appliance reports, not a fault
     """An input the appliance will not judge. `reason` is a stable code (a metric label), the message
-    is for people."""
+    is for people, in our words (never a library's: "Use force=True" means nothing to a radiographer);
+    `detail` keeps the library's own text for the log."""
 
-    def __init__(self, reason: str, message: str, sop_instance_uid: str = "") -> None:
+    def __init__(self, reason: str, message: str, sop_instance_uid: str = "", detail: str = "") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.sop_instance_uid = sop_instance_uid  # where the file names its image
+        self.detail = detail
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+
+# What a rejection says, in our words, whatever the library said.
+NOT_DICOM: Final = "not a DICOM file (no DICM preamble)"
+UNPARSABLE: Final = "not a readable DICOM file: truncated or damaged"
+
+
+def undecodable(syntax: str, compressed: bool = True) -> str:
+    if not compressed:
+        return f"pixel data ({syntax}) could not be read: damaged or cut short"
+    return f"pixel data ({syntax}) could not be decoded: damaged, or a compression this appliance cannot read"
 
 
 # Enough of a file to hold its Part 10 meta information.
@@ -154,11 +168,24 @@ def read_dataset(source: bytes | Path | str) -> Dataset:
             return pydicom.dcmread(io.BytesIO(source), force=False)
         return pydicom.dcmread(str(source), force=False)
     except InvalidDicomError as exc:
-        raise Rejection("not_dicom", f"not a DICOM file: {exc}") from exc
+        raise Rejection("not_dicom", NOT_DICOM, detail=str(exc)) from exc
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
             raise
-        raise Rejection("unreadable", f"DICOM file could not be parsed: {exc}") from exc
+        raise Rejection("unreadable", UNPARSABLE, detail=str(exc)) from exc
+
+
+def accession_number(entry: Path) -> str:
+    """A received file's Accession Number (0008,0050), read without its pixel data; "" when absent or
+    unreadable, and for a deflated data set (inflating is the decode sandbox's job, never this
+    process's). Asked only where a site shows it on the room display; it never goes into a verdict."""
+    try:
+        if part10_meta(entry)[0] == DeflatedExplicitVRLittleEndian:
+            return ""
+        ds = pydicom.dcmread(str(entry), stop_before_pixels=True, specific_tags=["AccessionNumber"])
+    except Exception:  # whatever the file holds, the display goes without it
+        return ""
+    return str(ds.get("AccessionNumber", "") or "").strip()
 
 
 def _number(ds: Dataset, keyword: str) -> float | None:
@@ -206,6 +233,22 @@ def spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
     return None, "unknown"
 
 
+def to_detector(ds: Dataset, source: str) -> float | None:
+    """Millimetres at the detector per millimetre of the spacing `spacing` chose: 1 for the detector's
+    pitch, the magnification for a spacing corrected by it, Imager over Pixel Spacing for a calibrated
+    one (when the detector's pitch is recorded), else unknown."""
+    if source == "ImagerPixelSpacing":
+        return 1.0
+    imager = _pair(ds, "ImagerPixelSpacing")
+    if source == "ImagerPixelSpacing/magnification":
+        return _number(ds, "EstimatedRadiographicMagnificationFactor")
+    calibrated = _pair(ds, "PixelSpacing")
+    if source == "PixelSpacing" and imager is not None and calibrated is not None:
+        ratio = imager[0] / calibrated[0]
+        return ratio if 1.0 <= ratio <= 3.0 else None
+    return None
+
+
 def check_header(ds: Dataset) -> None:
     """Refuse what is not a single-frame greyscale projection radiograph, before touching pixels."""
     modality = str(ds.get("Modality", "")).upper()
@@ -242,7 +285,8 @@ def _stored_pixels(ds: Dataset) -> tuple[NDArray[np.integer], tuple[int, int]]:
     except Exception as exc:  # pydicom raises many types for missing plugins and corrupt streams
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
-        raise Rejection("undecodable", f"pixel data ({name}) could not be decoded: {exc}") from exc
+        compressed = bool(getattr(syntax, "is_compressed", True))
+        raise Rejection("undecodable", undecodable(name, compressed), detail=str(exc)) from exc
     if arr.ndim != 2:
         raise Rejection("not_greyscale", f"decoded pixel array has shape {arr.shape}, expected rows x columns")
     return _within_bits_stored(arr, int(ds.get("BitsStored", 16)))
@@ -423,6 +467,7 @@ def decode(ds: Dataset) -> Radiograph:
         pixels=pixels,
         pixel_spacing_mm=pixel_spacing,
         spacing_source=source,
+        to_detector=to_detector(ds, source),
         stored=stored,
         stored_range=_stored_range(int(ds.get("BitsStored", 16)), int(ds.get("PixelRepresentation", 0)) == 1),
         view_position=view_position,

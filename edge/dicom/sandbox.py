@@ -38,7 +38,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from edge.dicom.decode import Rejection, check_header, read_file_meta
+from edge.dicom.decode import UNPARSABLE, Rejection, check_header, read_file_meta, undecodable
 
 UNCOMPRESSED: Final = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian})
 _LENGTH = struct.Struct("<Q")
@@ -131,7 +131,7 @@ class DecodeSandbox:
                 timer.cancel()
         if kind == _REJECTED:
             reason = json.loads(payload)
-            raise Rejection(str(reason["reason"]), str(reason["message"]))
+            raise Rejection(str(reason["reason"]), str(reason["message"]), detail=str(reason.get("detail", "")))
         return payload
 
     def _failure(self, returncode: int | None, timed_out: bool) -> Rejection:
@@ -172,7 +172,7 @@ def _inflated(data: bytes, body_start: int, limit: int) -> bytes:
     try:
         body = inflater.decompress(data[body_start:], limit + 1)
     except zlib.error as exc:
-        raise Rejection("undecodable", f"the deflated data set could not be inflated: {exc}") from exc
+        raise Rejection("undecodable", "the deflated data set could not be inflated: damaged", detail=str(exc)) from exc
     if len(body) > limit:
         raise Rejection("too_large", f"the deflated data set inflates to more than {limit} bytes: refused")
     return body
@@ -258,15 +258,15 @@ def transcode_in_child(data: bytes, max_dataset_bytes: int) -> bytes:
         try:
             ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # pydicom raises many types for missing plugins and corrupt streams
-            raise Rejection("undecodable", f"pixel data ({syntax}) could not be decoded: {exc}") from exc
+            raise Rejection("undecodable", undecodable(syntax), detail=str(exc)) from exc
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
 
 
-def _refusal(reason: str, message: str) -> bytes:
-    return json.dumps({"reason": reason, "message": message}).encode()
+def _refusal(reason: str, message: str, detail: str = "") -> bytes:
+    return json.dumps({"reason": reason, "message": message, "detail": detail}).encode()
 
 
 def serve(memory_bytes: int, max_dataset_bytes: int) -> None:
@@ -282,11 +282,11 @@ def serve(memory_bytes: int, max_dataset_bytes: int) -> None:
         try:
             kind, answer = _OK, transcode_in_child(data, max_dataset_bytes)
         except Rejection as rejection:
-            kind, answer = _REJECTED, _refusal(rejection.reason, rejection.message)
+            kind, answer = _REJECTED, _refusal(rejection.reason, rejection.message, rejection.detail)
         except MemoryError:
             kind, answer = _REJECTED, _refusal("decode_memory", f"decoding needs over {memory_bytes} bytes: refused")
         except Exception as exc:  # a broken dataset pydicom cannot read: the parent's reader says the same
-            kind, answer = _REJECTED, _refusal("unreadable", f"DICOM file could not be parsed: {exc}")
+            kind, answer = _REJECTED, _refusal("unreadable", UNPARSABLE, str(exc))
         del data
         sink.write(kind + _LENGTH.pack(len(answer)))
         sink.write(answer)

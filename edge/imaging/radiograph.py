@@ -68,6 +68,9 @@ class Radiograph:
     sop_instance_uid: str
     resampled_to_square: bool  # non-square pixels were resampled before anything else
     shutter: Shutter | None = None  # an electronic shutter (tags or burnt in), shown as collimation
+    # millimetres at the detector per millimetre of pixel_spacing_mm (the radiographic magnification where
+    # the spacing is in the patient plane, 1 where it is the detector's pitch); None: not known
+    to_detector: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -16,14 +16,17 @@ from numpy.typing import NDArray
 
 from edge.imaging.preprocess import Transform
 from edge.imaging.radiograph import Radiograph
-from edge.qc.confidence import Calibration, Reading, reading
+from edge.qc.confidence import CHECK_NAMES, Calibration, Reading, reading
+from edge.qc.item import Setting
 from edge.qc.items import FIELD_ITEMS, ITEMS, measure_all
+from edge.qc.items.exposure import exposure_of
 from edge.qc.judge import judge
 from edge.qc.measure import Context, Measurement, Spine, anatomy_mask
 from edge.qc.segmentation import Segmentation, field_box
 from edge.qc.standard import Standard
-from edge.qc.structures import VIEW_CLASSES, View, view_of_class
+from edge.qc.structures import VIEW_CLASSES, VIEW_NAMES, View, view_of_class
 from edge.qc.verdict import Verdict, ViewInfo
+from edge.qc.words import ENGLISH, N_, Phrase, Words, phrase, structures_phrase
 
 # The model's view head decides the view when at least this sure; below it, the DICOM tags do.
 VIEW_CONFIDENCE: Final = 0.8
@@ -31,7 +34,18 @@ VIEW_CONFIDENCE: Final = 0.8
 # ~35 mm (body 25-28 mm plus disc 8-11 mm), to within about 15 %.
 LUMBAR_SEGMENT_MM: Final = 35.0
 # What the radiographer reads when the masks cannot be trusted: act on it, do not second-guess it.
-UNREADABLE: Final = "the spine could not be read reliably: check the image yourself"
+UNREADABLE: Final = N_("the spine could not be read reliably: check the image yourself")
+MISREAD: Final = N_("{why}: not a lumbar spine, or one that could not be read reliably")
+NOT_LUMBAR_EXAMINATION: Final = N_("not a lumbar spine examination (Body Part Examined {body_part})")
+VIEW_UNKNOWN: Final = N_("view unknown: neither the DICOM tags nor the model identify it")
+NO_FIELD: Final = N_("no exposed field found")
+NOT_READ_RELIABLY: Final = N_("{structures} not read reliably")
+UNREADABLE_BECAUSE: Final = N_("{unreadable} ({why})")
+VIEWS_DISAGREE: Final = N_("the DICOM tags say {tags}, the image looks {model}")
+RESAMPLED: Final = N_("non-square pixels were resampled to square before measuring")
+SPACING_ESTIMATED: Final = N_("pixel spacing unknown: millimetres estimated from the vertebral spacing (~{mm:g} mm)")
+SPACING_AT_DETECTOR: Final = N_("no calibrated Pixel Spacing: millimetres are at the detector (about 10-20 % larger)")
+FIELD_CUTS_SPINE: Final = N_("{problem}: the field cuts the spine")
 DEFAULT_CALIBRATION: Final = Calibration()
 # Detector clipping is counted on image pixels this many times finer than the network grid per axis.
 CLIPPING_SAMPLES_PER_NETWORK_PX: Final = 2
@@ -47,17 +61,36 @@ class Assessment:
     timings_ms: Mapping[str, float]
 
 
-def without_unreliable(measurements: dict[str, Measurement], read: Reading) -> dict[str, Measurement]:
+def without_unreliable(
+    measurements: dict[str, Measurement], read: Reading, words: Words = ENGLISH
+) -> dict[str, Measurement]:
     """Items that rely on a structure the reading checks distrust become unmeasured (indeterminate),
-    with the reason; the rest stand."""
+    with the reason (in `words`' language, structures by name); the rest stand."""
     out = dict(measurements)
     for name, m in measurements.items():
         distrusted = sorted(ITEMS[name].dependencies & read.unreliable)
         if distrusted and m.value is not None:
-            out[name] = Measurement(
-                m.item, None, m.unit, dict(m.detail), reason=f"{', '.join(distrusted)} not read reliably"
-            )
+            why = words.say(phrase(NOT_READ_RELIABLY, structures=structures_phrase(distrusted)))
+            out[name] = Measurement(m.item, None, m.unit, dict(m.detail), reason=why)
     return out
+
+
+def unreadable_reason(read: Reading, disagreement: str, said: Phrase | None, words: Words) -> str:
+    """Why the masks cannot be trusted, in the radiographer's words: the view disagreement (`said`, for
+    the reading's English `disagreement`), the misreading, and each failed check by what it means."""
+    why: list[Phrase] = []
+    for failed in read.failed:
+        name, _, level = failed.partition(" ")
+        if failed == disagreement and said is not None:
+            why.append(said)
+        elif name in CHECK_NAMES:
+            why.append(phrase(CHECK_NAMES[name], level=level))
+        else:
+            why.append(Phrase(failed))
+    if not why:
+        return words.text(UNREADABLE)
+    listed = "; ".join(words.say(p) for p in why)
+    return words.say(phrase(UNREADABLE_BECAUSE, unreadable=Phrase(UNREADABLE), why=listed))
 
 
 def clipped_fraction(radiograph: Radiograph, transform: Transform, anatomy: NDArray[np.bool_]) -> float | None:
@@ -136,58 +169,68 @@ def assess(
     notes: Iterable[str] = (),
     degraded: bool = False,
     calibration: Calibration = DEFAULT_CALIBRATION,
+    words: Words = ENGLISH,
 ) -> Assessment:
     """Judge one image from the model's outputs (probabilities on the network grid, mapped to the image
-    by `transform`). Every way it can go wrong ends in a verdict with a reason, never an exception."""
+    by `transform`). Every way it can go wrong ends in a verdict with a reason, never an exception; what
+    the radiographer reads is in `words`' language."""
     started = time.perf_counter()
     image = image_facts(radiograph)
     notes = list(notes)
     if radiograph.resampled_to_square:
-        notes.append("non-square pixels were resampled to square before measuring")
+        notes.append(words.text(RESAMPLED))
     spacing = radiograph.pixel_spacing_mm[0] if radiograph.pixel_spacing_mm else None
     seg = Segmentation(masks, view_probabilities, transform, (spacing or 1.0) / transform.scale_x)
     if spacing is None:
         estimated = spacing_from_anatomy(seg)
         if estimated is not None:
             seg = estimated
-            notes.append(
-                f"pixel spacing unknown: millimetres estimated from the vertebral spacing (~{LUMBAR_SEGMENT_MM:g} mm)"
-            )
+            notes.append(words.say(phrase(SPACING_ESTIMATED, mm=LUMBAR_SEGMENT_MM)))
         image["spacing_source"] = "anatomy (estimated)" if estimated is not None else "unknown"
     elif radiograph.spacing_source == "ImagerPixelSpacing":
-        notes.append("no calibrated Pixel Spacing: millimetres are at the detector (about 10-20 % larger)")
+        notes.append(words.text(SPACING_AT_DETECTOR))
     view = view_info(radiograph, view_probabilities)
+    site_target = target_exposure_index.get(view.judged) if view.judged else None
+    exposure, _ = exposure_of(radiograph.exposure, site_target)
 
-    def indeterminate(reason: str, code: str, measurements: Mapping[str, Measurement] | None = None) -> Assessment:
+    def indeterminate(reason: Phrase | str, code: str) -> Assessment:
         verdict = Verdict.indeterminate(
-            reason=reason, code=code, view=view, image=image, versions=versions, notes=notes, degraded=degraded
+            reason=words.say(reason),
+            code=code,
+            view=view,
+            image=image,
+            versions=versions,
+            notes=notes,
+            degraded=degraded,
+            words=words,
+            exposure=exposure,
         )
-        return Assessment(verdict, seg, measurements, {"measure": (time.perf_counter() - started) * 1000})
+        return Assessment(verdict, seg, None, {"measure": (time.perf_counter() - started) * 1000})
 
     if not radiograph.lumbar_examination:
-        return indeterminate(
-            f"not a lumbar spine examination (Body Part Examined {radiograph.body_part})", "not_lumbar_spine"
-        )
+        return indeterminate(phrase(NOT_LUMBAR_EXAMINATION, body_part=radiograph.body_part), "not_lumbar_spine")
     if view.judged is None:
-        return indeterminate("view unknown: neither the DICOM tags nor the model identify it", "view_unknown")
-    disagreement = ""
+        return indeterminate(VIEW_UNKNOWN, "view_unknown")
+    disagreement, said = "", None
     if view.agree is False:  # one of the two is wrong, and nothing says which: not judged either way
         disagreement = f"view: the DICOM tags say {view.from_tags}, the image looks {view.from_model}"
-        notes.append(f"{disagreement} ({view.model_confidence:.2f})")
+        tags, model = (Phrase(VIEW_NAMES.get(str(v), str(v))) for v in (view.from_tags, view.from_model))
+        said = phrase(VIEWS_DISAGREE, tags=tags, model=model)
+        notes.append(f"{words.say(said)} ({view.model_confidence:.2f})")
     judged: View = view.judged  # type: ignore[assignment]
     field = field_box(seg)
     if field is None:
-        return indeterminate("no exposed field found", "not_lumbar_spine")
+        return indeterminate(NO_FIELD, "not_lumbar_spine")
     spine = Spine(seg)
     problem = spine.implausible()
     cut = bool(problem) and any(seg.touches_field(f"body_{lv}") for lv in spine.lumbar_levels)
     if problem and not cut:
-        return indeterminate(problem, "not_lumbar_spine")
+        return indeterminate(Phrase(problem), "not_lumbar_spine")
     read = reading(seg, spine, judged, calibration, disagreement)
     if not read.readable:
-        reason, code = f"{UNREADABLE} ({', '.join(read.failed)})", "unreadable"
+        reason, code = unreadable_reason(read, disagreement, said, words), "unreadable"
         if read.misread and not radiograph.body_part:  # nothing says a spine was meant: it may be none
-            reason = f"{read.misread}: not a lumbar spine, or one that could not be read reliably"
+            reason = words.say(phrase(MISREAD, why=Phrase(read.misread)))
             code = "not_lumbar_spine"
         verdict = Verdict.indeterminate(
             reason=reason,
@@ -198,6 +241,8 @@ def assess(
             notes=notes,
             degraded=degraded,
             reading=read,
+            words=words,
+            exposure=exposure,
         )
         return Assessment(verdict, seg, None, {"measure": (time.perf_counter() - started) * 1000})
     anatomy = anatomy_mask(seg, judged, field)
@@ -212,13 +257,21 @@ def assess(
     )
     # a spine the field cuts down to a body or two: where the field lies is all that can be judged
     only = FIELD_ITEMS if cut else None
-    measurements = without_unreliable(measure_all(seg, spine, standard, ctx, field, only), read)
+    measurements = without_unreliable(measure_all(seg, spine, standard, ctx, field, only), read, words)
     if cut:
-        notes.append(f"{problem}: the field cuts the spine")
+        notes.append(words.say(phrase(FIELD_CUTS_SPINE, problem=Phrase(problem))))
     measured = time.perf_counter()
-    results = judge(measurements, standard, judged)
+    results = judge(measurements, standard, Setting(judged, radiograph.to_detector), words)
     verdict = Verdict.judged(
-        items=results, view=view, image=image, versions=versions, notes=notes, degraded=degraded, reading=read
+        items=results,
+        view=view,
+        image=image,
+        versions=versions,
+        notes=notes,
+        degraded=degraded,
+        reading=read,
+        words=words,
+        exposure=exposure,
     )
     timings = {"measure": (measured - started) * 1000, "judge": (time.perf_counter() - measured) * 1000}
     return Assessment(verdict, seg, measurements, timings)

@@ -41,6 +41,13 @@ LIMITS: Final[dict[str, tuple[str, Literal["at_least", "at_most"]]]] = {
     "level_ambiguity": ("max_level_ambiguity", "at_most"),
     "body_area_ratio": ("max_body_area_ratio", "at_most"),
 }
+# What a failed check means, in the radiographer's words (English msgids; {level}: the level it was read on).
+CHECK_NAMES: Final[dict[str, str]] = {
+    "body_fill": "vertebral body {level} broken up",
+    "body_probability": "vertebral body {level} found with too little certainty",
+    "level_ambiguity": "vertebral level {level} ambiguous",
+    "body_area_ratio": "vertebral bodies of implausibly different sizes",
+}
 
 
 @dataclass(frozen=True)

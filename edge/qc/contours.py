@@ -49,7 +49,7 @@ def edge_profile(image: F32, transform: Transform, spacing_mm: float, edge_point
     return offsets, bilinear(image, x, y).mean(axis=0)
 
 
-def _rim_and_drop(offsets: F64, profile: F64) -> tuple[float, float] | None:
+def rim_and_drop(offsets: F64, profile: F64) -> tuple[float, float] | None:
     """(rim, drop) positions in mm: the brightest point near the edge, and the point outside it
     where the profile has fallen half-way from that rim to the darkest value beyond it."""
     search = np.flatnonzero((offsets >= RIM_SEARCH_MM[0]) & (offsets <= RIM_SEARCH_MM[1]))
@@ -76,5 +76,5 @@ def spread_mm(offsets: F64, profile: F64) -> float | None:
     """Distance from the bright cortical rim at the edge to where the profile has dropped half-way
     from that rim to the darkest value just outside it. None when there is no rim-and-drop to measure
     (an edge against another bone, or no edge where the mask put one)."""
-    found = _rim_and_drop(offsets, profile)
+    found = rim_and_drop(offsets, profile)
     return None if found is None else max(found[1] - found[0], 0.0)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 
+from edge.qc.item import Setting
 from edge.qc.items import ITEMS
 from edge.qc.measure import Measurement
 from edge.qc.standard import ItemRule, Standard
-from edge.qc.structures import View
+from edge.qc.words import ENGLISH, N_, Phrase, Words
 
 Outcome = Literal["pass", "warn", "fail", "indeterminate"]
+NOT_MEASURED: Final = N_("could not be measured")
 
 @dataclass(frozen=True)
 class ItemResult:
@@ -69,46 +71,36 @@ def _compare(rule: ItemRule, value: float, m: Measurement) -> Outcome:
     return "pass" if ok else "fail"
 
 
-def correction(m: Measurement, rule: ItemRule, view: View) -> str:
-    """The action that fixes a failed item (the item's own correction, from the registry)."""
-    return ITEMS[m.item].correction(m, rule, view)
+def correction(m: Measurement, rule: ItemRule, setting: Setting) -> Phrase:
+    """The action that fixes a failed item (the item's own correction, from the registry), untranslated."""
+    return ITEMS[m.item].correction(m, rule, setting)
 
 
-def _message(rule: ItemRule, m: Measurement) -> str:
-    """The standard's message; {value} and detail keys may appear in it as placeholders."""
-    try:
-        return rule.message.format(value=m.value, **{k: v for k, v in m.detail.items() if isinstance(k, str)})
-    except (KeyError, IndexError, ValueError):
-        return rule.message
+def _message(rule: ItemRule, m: Measurement, words: Words) -> str:
+    """The standard's message, translated; {value} and detail keys may appear in it as placeholders."""
+    return words.fill(rule.message, {"value": m.value, **{k: v for k, v in m.detail.items() if isinstance(k, str)}})
 
 
-def judge_item(m: Measurement, rule: ItemRule, view: View) -> ItemResult:
+def judge_item(m: Measurement, rule: ItemRule, setting: Setting, words: Words = ENGLISH) -> ItemResult:
+    """One item's outcome, with the standard's title and message and the correction in `words`' language."""
     keys = ITEMS[rule.item].limits
     threshold = [rule.number(k) for k in keys]
+    title = words.text(rule.title)
     if m.value is None or np.isnan(m.value):
-        return ItemResult(
-            m.item,
-            rule.title,
-            "indeterminate",
-            rule.severity,
-            None,
-            m.unit,
-            threshold,
-            m.reason or "could not be measured",
-            "",
-            m.detail,
-        )
+        why = words.text(m.reason or NOT_MEASURED)
+        return ItemResult(m.item, title, "indeterminate", rule.severity, None, m.unit, threshold, why, "", m.detail)
     outcome = _compare(rule, m.value, m)
     if outcome == "fail" and rule.severity == "warn":
         outcome = "warn"
-    fix = correction(m, rule, view) if outcome != "pass" else ""
-    return ItemResult(
-        m.item, rule.title, outcome, rule.severity, m.value, m.unit, threshold, _message(rule, m), fix, m.detail
-    )
+    fix = words.say(correction(m, rule, setting)) if outcome != "pass" else ""
+    message = _message(rule, m, words)
+    return ItemResult(m.item, title, outcome, rule.severity, m.value, m.unit, threshold, message, fix, m.detail)
 
 
-def judge(measurements: dict[str, Measurement], standard: Standard, view: View) -> dict[str, ItemResult]:
-    return {name: judge_item(m, standard.rule(view, name), view) for name, m in measurements.items()}
+def judge(
+    measurements: dict[str, Measurement], standard: Standard, setting: Setting, words: Words = ENGLISH
+) -> dict[str, ItemResult]:
+    return {name: judge_item(m, standard.rule(setting.view, name), setting, words) for name, m in measurements.items()}
 
 
 def overall(results: Mapping[str, ItemResult]) -> Literal["pass", "fail", "indeterminate"]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -215,6 +215,27 @@ def grid(size: int) -> tuple[F64, F64]:
 
 def to_mm(seg: Segmentation, px: float) -> float:
     return px * seg.mm_per_px
+
+
+MarkerKind = Literal["box", "arrow", "segments"]
+
+
+def marker(kind: MarkerKind, points: F64) -> dict[str, object]:
+    """Where an item fails, drawn by the overlay from the measurement itself (no second measurement):
+    plain JSON for the verdict's detail, in IMAGE pixel coordinates ([x = column, y = row], 0.1 px).
+    "box": two opposite corners; "arrow": tail, head; "segments": consecutive pairs of end points."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return {"kind": kind, "points": [[round(float(x), 1), round(float(y), 1)] for x, y in pts]}
+
+
+def box_marker(seg: Segmentation, box: Box) -> dict[str, object]:
+    """A box in network pixels (edges at half pixels) as a marker on the image."""
+    return marker("box", seg.transform.to_image(np.array([[box.x0, box.y0], [box.x1, box.y1]])))
+
+
+def arrow_marker(seg: Segmentation, tail: F64, head: F64) -> dict[str, object]:
+    """An arrow between two network-pixel points as a marker on the image."""
+    return marker("arrow", seg.transform.to_image(np.stack([np.asarray(tail), np.asarray(head)]).astype(np.float64)))
 
 
 def pedicle_centres(seg: Segmentation, spine: Spine, level: str) -> tuple[F64, F64] | None:

@@ -31,6 +31,33 @@ STRUCTURES: Final[tuple[str, ...]] = (
     "articular_process",
 )
 
+# What the radiographer reads for a structure (English msgids, translated by edge.qc.words); a
+# vertebral body is its level ("T12"), the same in every language.
+STRUCTURE_NAMES: Final[dict[str, str]] = {
+    "field": "the exposed field",
+    **{f"body_{level}": level for level in VERTEBRAL_LEVELS},
+    "sacrum": "sacrum",
+    "pedicle_left": "left pedicle",
+    "pedicle_right": "right pedicle",
+    "spinous_process": "spinous processes",
+    "transverse_process": "transverse processes",
+    "si_joint_left": "left SI joint",
+    "si_joint_right": "right SI joint",
+    "iliac_crest": "iliac crests",
+    "disc": "disc spaces",
+    "foramen": "intervertebral foramina",
+    "articular_process": "articular processes",
+}
+
+# The views and the view head's classes as the radiographer reads them (English msgids).
+VIEW_NAMES: Final[dict[str, str]] = {
+    "ap": "AP",
+    "lateral": "lateral",
+    "oblique": "oblique",
+    "oblique_left": "left oblique",
+    "oblique_right": "right oblique",
+}
+
 # The vertebral bodies' channels, top to bottom (index an array with `list(BODY_CHANNELS)`), and the
 # paired SI joints (the pelvis items rely on both).
 BODY_CHANNELS: Final[tuple[int, ...]] = tuple(STRUCTURES.index(f"body_{lv}") for lv in VERTEBRAL_LEVELS)

@@ -18,10 +18,33 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from edge.qc.confidence import Reading
+from edge.qc.items.exposure import Exposure
 from edge.qc.judge import ItemResult, overall
+from edge.qc.words import ENGLISH, N_, Words, phrase
 
 SCHEMA_ID: Final = "https://edge-qc.invalid/schemas/verdict-1.json"
 VerdictValue = Literal["pass", "fail", "indeterminate", "rejected"]
+
+# The banner line, by verdict (pass and fail count the checks: see `headline`).
+HEADLINE_INDETERMINATE: Final = N_("Check the image yourself")
+HEADLINE_REJECTED: Final = N_("Not judged")
+# A correction already given under another item's title: the later item points to it, so no verdict
+# says one sentence twice.
+SEE_ALSO: Final = N_("see {title}")
+COULD_NOT_JUDGE: Final = N_("could not judge: {titles}")
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One correction sentence and the titles of the items it fixes (one sentence may fix several: an
+    under-rotated oblique hides the facet joints too)."""
+
+    text: str
+    items: tuple[str, ...]  # the items' titles, never their ids
+    outcome: Literal["fail", "warn"]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"text": self.text, "items": list(self.items), "outcome": self.outcome}
 
 
 @dataclass(frozen=True)
@@ -65,11 +88,16 @@ class Verdict:
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     degraded: bool = False  # judged by the fallback backend, not the configured one (a note says why)
     reading: Reading | None = None  # how far the masks could be trusted; None: the image was not read
+    language: str = "en"  # the language of every text in the verdict
+    headline: str = ""  # one short line for a banner
+    corrections: tuple[Correction, ...] = ()  # unique sentences, failed items' first
+    exposure: Exposure | None = None  # EI, target and DI as judged; None when rejected
 
     def __post_init__(self) -> None:
         for name in ("items", "image", "versions", "timings_ms"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         object.__setattr__(self, "notes", tuple(self.notes))
+        object.__setattr__(self, "corrections", tuple(self.corrections))
 
     @classmethod
     def judged(
@@ -83,16 +111,34 @@ class Verdict:
         timings_ms: Mapping[str, float] | None = None,
         degraded: bool = False,
         reading: Reading | None = None,
+        words: Words = ENGLISH,
+        exposure: Exposure | None = None,
     ) -> Verdict:
         """The standard applied: pass, fail, or indeterminate when a failing-severity item could not
-        be measured."""
+        be measured. The items' texts are in `words`' language already; a correction that repeats one
+        given under an earlier item becomes a pointer to that item's title."""
         outcome = overall(dict(items))
         reason, code = "", ""
         if outcome == "indeterminate":
-            missing = [r.item for r in items.values() if r.outcome == "indeterminate" and r.severity == "fail"]
-            reason, code = f"could not judge: {', '.join(missing)}", "items_unmeasurable"
+            missing = [r.title for r in items.values() if r.outcome == "indeterminate" and r.severity == "fail"]
+            reason, code = words.say(phrase(COULD_NOT_JUDGE, titles=", ".join(missing))), "items_unmeasurable"
+        items, corrections = unique_corrections(items, words)
         return cls(
-            outcome, reason, code, view, items, tuple(notes), image, versions, timings_ms or {}, degraded, reading
+            outcome,
+            reason,
+            code,
+            view,
+            items,
+            tuple(notes),
+            image,
+            versions,
+            timings_ms or {},
+            degraded,
+            reading,
+            words.language,
+            headline(outcome, items, words),
+            corrections,
+            exposure,
         )
 
     @classmethod
@@ -108,11 +154,27 @@ class Verdict:
         timings_ms: Mapping[str, float] | None = None,
         degraded: bool = False,
         reading: Reading | None = None,
+        words: Words = ENGLISH,
+        exposure: Exposure | None = None,
     ) -> Verdict:
         """The image was read but cannot be judged (not a lumbar spine, view unknown, masks that cannot
-        be trusted): no items."""
+        be trusted): no items. `reason` is in `words`' language already."""
         return cls(
-            "indeterminate", reason, code, view, {}, tuple(notes), image, versions, timings_ms or {}, degraded, reading
+            "indeterminate",
+            reason,
+            code,
+            view,
+            {},
+            tuple(notes),
+            image,
+            versions,
+            timings_ms or {},
+            degraded,
+            reading,
+            words.language,
+            headline("indeterminate", {}, words),
+            (),
+            exposure,
         )
 
     @classmethod
@@ -126,11 +188,25 @@ class Verdict:
         timings_ms: Mapping[str, float] | None = None,
         degraded: bool = False,
         sop_instance_uid: str = "",
+        words: Words = ENGLISH,
     ) -> Verdict:
         """The image could not be read at all (not a radiograph, unsupported encoding, a decompression
         bomb...). The SOP Instance UID, where the file names one, lets the sender match the verdict."""
         image = {"sop_instance_uid": sop_instance_uid}
-        return cls("rejected", reason, code, None, {}, tuple(notes), image, versions, timings_ms or {}, degraded)
+        return cls(
+            "rejected",
+            reason,
+            code,
+            None,
+            {},
+            tuple(notes),
+            image,
+            versions,
+            timings_ms or {},
+            degraded,
+            language=words.language,
+            headline=headline("rejected", {}, words),
+        )
 
     def with_timings(self, timings_ms: Mapping[str, float]) -> Verdict:
         """A copy with the stage timings of the whole pipeline (the verdict is made before they end)."""
@@ -169,22 +245,79 @@ class Verdict:
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "degraded": self.degraded,
             "reading": None if self.reading is None else self.reading.as_dict(),
+            "language": self.language,
+            "headline": self.headline,
+            "corrections": [c.as_dict() for c in self.corrections],
+            "exposure": None if self.exposure is None else self.exposure.as_dict(),
         }
 
     def summary(self) -> str:
-        """One line per finding, for a console or a log."""
+        """One line per finding, for a console or a log: the standard's titles (never item ids), the
+        corrections once each, and EI/DI."""
         head = self.verdict.upper()
         if self.view is not None and self.view.judged:
             head += f" ({self.view.judged})"
+        head += f": {self.headline}" if self.headline else ""
         if self.reason:
-            head += f": {self.reason}"
+            head += f" - {self.reason}"
         lines = [head]
         for r in self.failed:
-            lines.append(f"  FAIL {r.item}: {r.message} -> {r.correction}")
+            lines.append(f"  FAIL {r.title}: {r.message}")
         for r in self.warned:
-            lines.append(f"  WARN {r.item}: {r.message} -> {r.correction}")
+            lines.append(f"  WARN {r.title}: {r.message}")
+        for c in self.corrections:
+            lines.append(f"  -> {c.text} ({', '.join(c.items)})")
+        if self.exposure is not None and self.exposure.exposure_index is not None:
+            lines.append(f"  {exposure_line(self.exposure)}")
         lines.extend(f"  NOTE {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def exposure_line(exposure: Exposure) -> str:
+    """EI and DI as a radiographer reads them off the console (symbols, the same in every language)."""
+    parts = [f"EI {exposure.exposure_index:.0f}"] if exposure.exposure_index is not None else []
+    if exposure.target_exposure_index is not None:
+        parts.append(f"EI_T {exposure.target_exposure_index:.0f}")
+    if exposure.deviation_index is not None:
+        parts.append(f"DI {exposure.deviation_index:+.1f}")
+    return ", ".join(parts)
+
+
+def headline(outcome: VerdictValue, items: Mapping[str, ItemResult], words: Words) -> str:
+    """The banner line: positive on a pass (how many checks were met), the count on a fail."""
+    if outcome == "pass":
+        met = sum(r.outcome == "pass" for r in items.values())
+        if met == len(items):
+            return words.plural("Good image: {n} check met", "Good image: all {n} checks met", met)
+        return words.plural(
+            "Good image: {met} of {n} check met", "Good image: {met} of {n} checks met", len(items), met=met
+        )
+    if outcome == "fail":
+        failed = sum(r.outcome == "fail" for r in items.values())
+        return words.plural("Repeat advised: {n} check failed", "Repeat advised: {n} checks failed", failed)
+    return words.text(HEADLINE_INDETERMINATE if outcome == "indeterminate" else HEADLINE_REJECTED)
+
+
+def unique_corrections(
+    items: Mapping[str, ItemResult], words: Words
+) -> tuple[dict[str, ItemResult], tuple[Correction, ...]]:
+    """Each correction sentence once, with the titles of every item it fixes (failed items first, then
+    warnings); an item whose sentence an earlier item already gave points to that item instead."""
+    out = dict(items)
+    first: dict[str, ItemResult] = {}
+    grouped: dict[str, list[str]] = {}
+    outcomes: dict[str, Literal["fail", "warn"]] = {}
+    for outcome in ("fail", "warn"):
+        for name, r in items.items():
+            if r.outcome != outcome or not r.correction:
+                continue
+            if r.correction in first:
+                grouped[r.correction].append(r.title)
+                pointer = words.say(phrase(SEE_ALSO, title=first[r.correction].title))
+                out[name] = dataclasses.replace(r, correction=pointer)
+            else:
+                first[r.correction], grouped[r.correction], outcomes[r.correction] = r, [r.title], outcome
+    return out, tuple(Correction(text, tuple(titles), outcomes[text]) for text, titles in grouped.items())
 
 
 def schema() -> dict[str, Any]:

@@ -68,7 +68,7 @@ def test_example_inventory_places_every_room_in_one_site_and_one_module_type(tmp
 def test_the_units_are_installed_before_the_first_engine_is_built_and_before_the_configuration() -> None:
     """A new TensorRT device builds its first engine with edge-qc-engine-build.service: the unit must
     be on disk by then; the configuration's validate step needs the first engine (issue 16)."""
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     tasks = yaml.safe_load((ROLE_TASKS / "main.yml").read_text())
     order = [task["ansible.builtin.import_tasks"] for task in tasks]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edge.qc.item import Setting
 from edge.qc.judge import judge_item, overall
 from edge.qc.measure import Measurement
 from edge.qc.standard import load_standard
@@ -11,7 +12,7 @@ STANDARD = load_standard()
 
 def result(view: str, item: str, value: float | None, **detail: object):  # type: ignore[no-untyped-def]
     measurement = Measurement(item, value, "", dict(detail), cut=bool(detail.get("cut", False)))
-    return judge_item(measurement, STANDARD.rule(view, item), view)  # type: ignore[arg-type]
+    return judge_item(measurement, STANDARD.rule(view, item), Setting(view, 1.0))  # type: ignore[arg-type]
 
 
 def test_coverage_fails_when_the_structure_touches_the_field_edge() -> None:
@@ -21,7 +22,7 @@ def test_coverage_fails_when_the_structure_touches_the_field_edge() -> None:
     touching = result("ap", "lower_coverage", 0.3, cut=True, nearest_edge="bottom")
     assert touching.outcome == "fail" and "move the field down" in touching.correction
     missing = result("ap", "lower_coverage", float("-inf"), cut=True, missing=["si_joint_left"])
-    assert missing.outcome == "fail" and "si_joint_left not in the field" in missing.correction
+    assert missing.outcome == "fail" and "left SI joint not in the field" in missing.correction
 
 
 def test_ranges_and_exposure_bands() -> None:
@@ -47,7 +48,7 @@ def test_corrections_follow_the_measured_direction() -> None:
     assert "about 9 degrees (the left side turned back)" in left.correction
     assert "the right side turned back" in right.correction
     centring = result("ap", "centring", 0.2, offset_x_mm=40.0, offset_y_mm=-12.0)
-    assert centring.correction == "move the central ray 40 mm towards the image's right and 12 mm up"
+    assert centring.correction == "move the central ray 4 cm towards the image's right and 1 cm up at the detector"
 
 
 def test_unmeasured_items_make_the_image_indeterminate_unless_something_failed() -> None:
@@ -64,6 +65,19 @@ def test_warn_severity_never_fails_the_image() -> None:
     from dataclasses import replace
 
     rule = replace(STANDARD.rule("ap", "collimation"), severity="warn")
-    r = judge_item(Measurement("collimation", 2.0, "ratio", {"minimal_field_mm": [200, 300]}), rule, "ap")
+    r = judge_item(Measurement("collimation", 2.0, "ratio", {"minimal_field_mm": [200, 300]}), rule, Setting("ap"))
     assert r.outcome == "warn" and overall({"collimation": r}) == "pass"
-    assert r.correction == "collimate to about 200 x 300 mm"
+    assert r.correction == "collimate to about 23 x 34 cm at the detector"  # the typical 1.15 magnification
+
+
+def test_collimation_and_centring_are_whole_centimetres_at_the_detector() -> None:
+    """Spine-plane millimetres times the magnification the image records (Imager over Pixel Spacing),
+    rounded to whole centimetres: 116 x 233 mm at 1.2 is 13.9 x 28.0 cm."""
+    field = Measurement("collimation", 2.0, "ratio", {"minimal_field_mm": [116, 233]})
+    r = judge_item(field, STANDARD.rule("ap", "collimation"), Setting("ap", 1.2))
+    assert r.correction == "collimate to about 14 x 28 cm at the detector"
+    at_detector = judge_item(field, STANDARD.rule("ap", "collimation"), Setting("ap", 1.0))
+    assert at_detector.correction == "collimate to about 12 x 23 cm at the detector"
+    centring = Measurement("centring", 0.2, "fraction", {"offset_x_mm": -60.0, "offset_y_mm": 2.0})
+    moved = judge_item(centring, STANDARD.rule("ap", "centring"), Setting("ap", 1.25))
+    assert moved.correction == "move the central ray 8 cm towards the image's left at the detector"

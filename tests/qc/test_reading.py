@@ -94,7 +94,8 @@ def test_unsure_bodies_are_unreadable_by_the_manifest_limits(
     limits = pipeline.manifest.reading_confidence
     assert limits.min_body_probability > 0.55
     verdict = _assess(pipeline, ap_case, masks).verdict
-    assert verdict.reason_code == "unreadable" and "body_probability L3" in verdict.reason
+    assert verdict.reason_code == "unreadable" and "vertebral body L3 found with too little certainty" in verdict.reason
+    assert verdict.reading is not None and "body_probability L3" in verdict.reading.failed
     lenient = Calibration(min_body_probability=0.5)
     radiograph, _, view, transform = ap_case
     standard = pipeline.standard

@@ -16,6 +16,7 @@ from edge.qc.items import ap, coverage, exposure, lateral, oblique
 from edge.qc.measure import Context, Measurement, Spine
 from edge.qc.rules import Standard
 from edge.qc.segmentation import Box, Segmentation
+from edge.qc.words import N_
 
 FAMILIES: Final = (coverage, ap, lateral, oblique, exposure)
 ITEMS: Final[Mapping[str, ItemSpec]] = MappingProxyType(
@@ -23,7 +24,7 @@ ITEMS: Final[Mapping[str, ItemSpec]] = MappingProxyType(
 )
 # The items about where the field lies: measurable on a spine the field cuts down to a body or two.
 FIELD_ITEMS: Final = frozenset(spec.name for spec in coverage.SPECS)
-WHY_NOT_MEASURED: Final = "the field cuts the spine: judged once the spine is in the field"
+WHY_NOT_MEASURED: Final = N_("the field cuts the spine: judged once the spine is in the field")
 
 
 def measure_all(

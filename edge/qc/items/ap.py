@@ -8,7 +8,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.qc.item import ItemSpec
+from edge.qc.item import ItemSpec, Setting
 from edge.qc.measure import (
     DISC_JOINTS,
     PEDICLE_BAND,
@@ -21,7 +21,8 @@ from edge.qc.measure import (
 )
 from edge.qc.rules import ItemRule
 from edge.qc.segmentation import Box, Segmentation, fine_points
-from edge.qc.structures import SI_JOINTS, View
+from edge.qc.structures import SI_JOINTS
+from edge.qc.words import Phrase, phrase
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -164,25 +165,33 @@ def disc_spaces(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx
     return Measurement("disc_spaces", float(visible), "levels", {"gap_mm": {k: round(v, 2) for k, v in gaps.items()}})
 
 
-def rotation_correction(m: Measurement, rule: ItemRule, view: View) -> str:
+def rotation_correction(m: Measurement, rule: ItemRule, setting: Setting) -> Phrase:
     angle = m.detail.get("rotation_deg")
     if isinstance(angle, float | int) and abs(angle) >= 1:
-        side = "left" if angle > 0 else "right"
-        return (
-            f"patient rotated about {abs(angle):.0f} degrees (the {side} side turned back): "
-            f"bring the {side} side forward until the shoulders and hips are level"
+        if angle > 0:
+            return phrase(
+                "patient rotated about {degrees:.0f} degrees (the left side turned back): "
+                "bring the left side forward until the shoulders and hips are level",
+                degrees=abs(angle),
+            )
+        return phrase(
+            "patient rotated about {degrees:.0f} degrees (the right side turned back): "
+            "bring the right side forward until the shoulders and hips are level",
+            degrees=abs(angle),
         )
-    return "level the shoulders and hips: spinous processes must sit midway between the pedicles"
+    return phrase("level the shoulders and hips: spinous processes must sit midway between the pedicles")
 
 
-def pelvis_correction(m: Measurement, rule: ItemRule, view: View) -> str:
-    return "level the pelvis: both anterior superior iliac spines the same height above the table"
+def pelvis_correction(m: Measurement, rule: ItemRule, setting: Setting) -> Phrase:
+    return phrase("level the pelvis: both anterior superior iliac spines the same height above the table")
 
 
-def disc_correction(m: Measurement, rule: ItemRule, view: View) -> str:
-    if view == "ap":
-        return "flex the hips and knees to flatten the lordosis, or angle the tube 5-10 degrees cranially"
-    return "align the central ray with the disc spaces (support the waist so the spine is parallel to the table)"
+def disc_correction(m: Measurement, rule: ItemRule, setting: Setting) -> Phrase:
+    if setting.view == "ap":
+        return phrase("flex the hips and knees to flatten the lordosis, or angle the tube 5-10 degrees cranially")
+    return phrase(
+        "align the central ray with the disc spaces (support the waist so the spine is parallel to the table)"
+    )
 
 
 SPECS: Final = (

@@ -8,19 +8,21 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.qc.contours import edge_profile, spread_mm
-from edge.qc.item import ItemSpec
+from edge.qc.contours import edge_profile, rim_and_drop, spread_mm
+from edge.qc.item import ItemSpec, Setting
 from edge.qc.measure import (
     DISC_JOINTS,
     Context,
     Measurement,
     Spine,
+    marker,
     pedicle_centres,
     to_mm,
 )
 from edge.qc.rules import ItemRule
 from edge.qc.segmentation import Box, Segmentation, fine_box
-from edge.qc.structures import LUMBAR_LEVELS, View
+from edge.qc.structures import LUMBAR_LEVELS
+from edge.qc.words import Phrase, phrase
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -92,12 +94,30 @@ def double_endplates(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box
     if spread is None:
         return Measurement("tilt_double_endplates", None, "mm", reason=f"top endplate of {nearest[0]} not measurable")
     gap = max(ENDPLATE_SPREAD_SCALE * spread + ENDPLATE_SPREAD_OFFSET_MM, 0.0)
+    assert edge is not None  # a spread was measured on it
     return Measurement(
         "tilt_double_endplates",
         gap,
         "mm",
-        {"level": level, "edge_spread_mm": round(spread, 2), "measured_on": "image profile across the top endplate"},
+        {
+            "level": level,
+            "edge_spread_mm": round(spread, 2),
+            "measured_on": "image profile across the top endplate",
+            "marker": endplate_pair(seg, edge, offsets, profile, ctx.image_spacing_mm),
+        },
     )
+
+
+def endplate_pair(
+    seg: Segmentation, edge: tuple[F64, F64], offsets: F64, profile: F64, spacing_mm: float
+) -> dict[str, object]:
+    """The doubled endplate where it was measured, for the overlay: the bright rim and the drop beyond
+    it (the two contours whose distance is the spread), each a segment along the measured stretch."""
+    line, normal = edge
+    found = rim_and_drop(offsets, profile)
+    ends = seg.transform.to_image(line[[0, -1]])
+    n = normal / np.linalg.norm(normal)
+    return marker("segments", np.concatenate([ends + n * (mm / spacing_mm) for mm in (found or (0.0, 0.0))]))
 
 
 def foramina(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: Context) -> Measurement:
@@ -129,12 +149,12 @@ def foramina(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: C
     )
 
 
-def true_lateral_correction(m: Measurement, rule: ItemRule, view: View) -> str:
-    return "bring the patient to a true lateral: shoulders and hips perpendicular to the table"
+def true_lateral_correction(m: Measurement, rule: ItemRule, setting: Setting) -> Phrase:
+    return phrase("bring the patient to a true lateral: shoulders and hips perpendicular to the table")
 
 
-def endplates_correction(m: Measurement, rule: ItemRule, view: View) -> str:
-    return "place a radiolucent pad under the waist so the spine lies parallel to the table"
+def endplates_correction(m: Measurement, rule: ItemRule, setting: Setting) -> Phrase:
+    return phrase("place a radiolucent pad under the waist so the spine lies parallel to the table")
 
 
 SPECS: Final = (

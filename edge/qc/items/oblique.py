@@ -8,7 +8,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from edge.qc.item import ItemSpec
+from edge.qc.item import ItemSpec, Setting
 from edge.qc.measure import (
     PEDICLE_BAND,
     Context,
@@ -17,7 +17,7 @@ from edge.qc.measure import (
 )
 from edge.qc.rules import ItemRule
 from edge.qc.segmentation import Box, Segmentation, fine_points
-from edge.qc.structures import View
+from edge.qc.words import Phrase, phrase
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -116,17 +116,29 @@ def facet_joints(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ct
 TARGET_OBLIQUITY_DEG: Final = 45.0
 
 
-def obliquity_correction(m: Measurement, rule: ItemRule, view: View) -> str:
+def obliquity_correction(m: Measurement, rule: ItemRule, setting: Setting) -> Phrase:
     estimate = m.value if m.item == "obliquity" else m.detail.get("obliquity_deg")
+    target = TARGET_OBLIQUITY_DEG
     if not isinstance(estimate, float | int):
-        return "turn the patient to 45 degrees"
-    angle = float(estimate)
-    target, now = TARGET_OBLIQUITY_DEG, f"obliquity about {angle:.0f} degrees"
+        return phrase("turn the patient to {target:.0f} degrees", target=target)
+    # whole degrees, so that the obliquity and the facet joints (whose detail keeps a rounded estimate)
+    # give one sentence, and the turn it asks for adds up to the target
+    angle = float(round(float(estimate)))
     if angle < target - 5.0:
-        return f"{now}: turn the patient further, by about {target - angle:.0f} degrees"
+        return phrase(
+            "obliquity about {angle:.0f} degrees: turn the patient further, by about {degrees:.0f} degrees",
+            angle=angle,
+            degrees=target - angle,
+        )
     if angle <= target + 5.0:
-        return f"{now}: adjust it towards {target:.0f} degrees"
-    return f"{now}: turn the patient back, by about {angle - target:.0f} degrees"
+        return phrase(
+            "obliquity about {angle:.0f} degrees: adjust it towards {target:.0f} degrees", angle=angle, target=target
+        )
+    return phrase(
+        "obliquity about {angle:.0f} degrees: turn the patient back, by about {degrees:.0f} degrees",
+        angle=angle,
+        degrees=angle - target,
+    )
 
 
 SPECS: Final = (
