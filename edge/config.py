@@ -82,6 +82,12 @@ INT_RANGES: Final[dict[str, tuple[int, int | None]]] = {
     "service.max_attempts": (1, 100),
     "service.min_free_bytes": (0, None),
     "metrics.port": (1, 65535),
+    "writeback.port": (1, 65535),
+    "writeback.timeout_s": (1, 600),
+    "writeback.retry_initial_s": (1, 3600),
+    "writeback.retry_max_s": (1, 86400),  # and at least writeback.retry_initial_s
+    "writeback.max_queue_rows": (1, 1000000),
+    "writeback.max_queue_bytes": (1048576, None),
 }
 # Said after a range error where the range alone would puzzle.
 _RANGE_NOTES: Final[dict[str, str]] = {
@@ -107,11 +113,17 @@ class ModelConfig:
     fallback: bool = True  # a refused or failing engine falls back to ONNX Runtime, marked degraded
 
 
+# The languages a verdict can be written in: English (the msgids) and those shipped in edge/locale.
+LANGUAGES: Final = ("en", "de")
+
+
 @dataclass(frozen=True)
 class QcConfig:
     standard: Path | None = None
     target_exposure_index: Mapping[str, float] = field(default_factory=dict)
     overrides: Mapping[str, Mapping[str, Mapping[str, float | int | str]]] = field(default_factory=dict)
+    language: str = "en"  # of every text in a verdict: titles, messages, corrections, headline, reasons
+    catalogue: Path | None = None  # a site's compiled gettext catalogue (.mo): its entries override the shipped ones
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,33 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WritebackConfig:
+    """The verdict written back to the study as a DICOM Structured Report, by C-STORE to the site's PACS
+    or the modality (edge.publish.writeback); off unless the site turns it on."""
+
+    enabled: bool = False
+    host: str = ""  # the destination's host name or address; required when enabled
+    port: int = 104
+    called_ae: str = ""  # the destination's AE title; required when enabled
+    calling_ae: str = ""  # ours; empty: dicom.ae_title
+    structured_report: bool = True  # one SR per judged image (the only write-back so far: must stay on)
+    queue_path: Path | None = None  # SRs waiting for the destination; None: writeback.sqlite beside the outbox
+    timeout_s: int = 30  # connection, association and C-STORE response
+    retry_initial_s: int = 5  # after a failed send; doubled per failure in a row up to retry_max_s
+    retry_max_s: int = 300
+    max_queue_rows: int = 10000  # a full queue takes no more SRs (logged and counted; the MQTT path is unaffected)
+    max_queue_bytes: int = 268435456
+
+
+@dataclass(frozen=True)
+class RoomConfig:
+    """The room display at /room on the metrics HTTP server (edge.room)."""
+
+    enabled: bool = True
+    show_accession: bool = False  # the study's accession number on the page (never in MQTT); off: not shown
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     spool_dir: Path = Path("/var/lib/edge-qc/spool")
     outbox_path: Path = Path("/var/lib/edge-qc/outbox.sqlite")
@@ -203,6 +242,8 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    room: RoomConfig = field(default_factory=RoomConfig)
+    writeback: WritebackConfig = field(default_factory=WritebackConfig)
     source: str = "<defaults>"
 
 
@@ -398,6 +439,37 @@ def _tls_files(dicom: DicomConfig, where: str, base: Path) -> DicomConfig:
     return dataclasses.replace(dicom, **resolved)
 
 
+def _writeback(writeback: WritebackConfig, where: str, base: Path) -> WritebackConfig:
+    """The checks of [writeback] beyond types and ranges: a destination when enabled, AE titles, the
+    queue's path (given as a string: its default is beside the outbox), a backoff that grows."""
+    queue_path: object = writeback.queue_path
+    if queue_path is not None:
+        if not isinstance(queue_path, str) or not queue_path:
+            raise ConfigError(f"{where}: 'writeback.queue_path' must be a non-empty path string, got {queue_path!r}")
+        queue_path = base / queue_path
+    if writeback.enabled:
+        for key in ("host", "called_ae"):
+            if not getattr(writeback, key).strip():
+                raise ConfigError(f"{where}: 'writeback.{key}' is required when 'writeback.enabled' is true")
+        if not writeback.structured_report:
+            raise ConfigError(
+                f"{where}: 'writeback.structured_report' is false and nothing else can be written back yet:"
+                " set 'writeback.enabled' to false instead"
+            )
+    called, calling = (
+        _ae_title(value, f"writeback.{key}", where) if value else ""
+        for key, value in (("called_ae", writeback.called_ae), ("calling_ae", writeback.calling_ae))
+    )
+    if writeback.retry_max_s < writeback.retry_initial_s:
+        raise ConfigError(
+            f"{where}: 'writeback.retry_max_s' ({writeback.retry_max_s}) must not be less than"
+            f" 'writeback.retry_initial_s' ({writeback.retry_initial_s})"
+        )
+    return dataclasses.replace(
+        writeback, host=writeback.host.strip(), called_ae=called, calling_ae=calling, queue_path=queue_path
+    )
+
+
 def _secret(section: str, key: str, value: str, environ: Mapping[str, str], where: str) -> str:
     """The TOML's value, else the systemd credential `section.key`, else the environment variable."""
     if value:
@@ -432,7 +504,7 @@ def parse_config(
 ) -> Config:
     """Validate parsed TOML; secrets left empty there come from `environ` (default: os.environ)."""
     environ = os.environ if environ is None else environ
-    _reject_unknown(data, {"model", "qc", "dicom", "mqtt", "service", "metrics"}, "", where)
+    _reject_unknown(data, {"model", "qc", "dicom", "mqtt", "service", "metrics", "room", "writeback"}, "", where)
     model_t = _table(data, "model", where)
     _reject_unknown(model_t, {"path", "backend", "threads", "engine", "fallback"}, "model.", where)
     base = base_dir or Path.cwd()
@@ -456,7 +528,15 @@ def parse_config(
     model = ModelConfig(path=model.path, backend=backend, threads=threads, engine=engine, fallback=fallback)
 
     qc_t = _table(data, "qc", where)
-    _reject_unknown(qc_t, {"standard", "target_exposure_index", "overrides"}, "qc.", where)
+    _reject_unknown(qc_t, {"standard", "target_exposure_index", "overrides", "language", "catalogue"}, "qc.", where)
+    language = qc_t.get("language", "en")
+    if language not in LANGUAGES:
+        raise ConfigError(f"{where}: 'qc.language' must be one of {', '.join(LANGUAGES)}, got {language!r}")
+    catalogue = None
+    if qc_t.get("catalogue", ""):
+        if not isinstance(qc_t["catalogue"], str) or not qc_t["catalogue"].endswith(".mo"):
+            raise ConfigError(f"{where}: 'qc.catalogue' must be the path of a compiled catalogue (.mo)")
+        catalogue = base / qc_t["catalogue"]
     standard = None
     if qc_t.get("standard"):
         if not isinstance(qc_t["standard"], str):
@@ -481,13 +561,17 @@ def parse_config(
     service = _typed_section(data, "service", ServiceConfig, where, base)
     metrics = _typed_section(data, "metrics", MetricsConfig, where, base)
     _ip_literal(metrics.bind, "metrics.bind", where)
+    room = _typed_section(data, "room", RoomConfig, where, base)
+    writeback = _writeback(_typed_section(data, "writeback", WritebackConfig, where, base), where, base)
     return Config(
         model=model,
-        qc=QcConfig(standard, targets, overrides),
+        qc=QcConfig(standard, targets, overrides, language, catalogue),
         dicom=dicom,
         mqtt=mqtt,
         service=service,
         metrics=metrics,
+        room=room,
+        writeback=writeback,
         source=where,
     )
 

@@ -118,6 +118,19 @@ class Metrics:
             "edgeqc_active_associations", "DICOM connections holding a slot of max_associations", registry=r
         )
         self.outbox_depth = Gauge("edgeqc_outbox_depth", "Verdicts waiting for the broker", registry=r)
+        self.writeback_queue_depth = Gauge(
+            "edgeqc_writeback_queue_depth", "QC reports (DICOM SR) waiting for the write-back destination", registry=r
+        )
+        self.writeback_sent = Counter(
+            "edgeqc_writeback_sent_total", "QC reports the write-back destination stored (C-STORE success)", registry=r
+        )
+        self.writeback_failures = Counter(
+            "edgeqc_writeback_failures_total",
+            "Write-back failures: unreachable, rejected (association), status (C-STORE refused), queue_full,"
+            " queue_error, unbuildable, echo (no C-ECHO answer at start)",
+            ["reason"],
+            registry=r,
+        )
         r.register(JetsonHealth(sysfs_root))
 
     def observe_verdict(self, verdict: dict[str, Any], probe: bool = False) -> None:
@@ -154,6 +167,7 @@ HTTP_IDLE_S: Final = 10.0
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics
     ready: Callable[[], tuple[bool, str]]
+    routes: Callable[[BaseHTTPRequestHandler], bool] | None  # more pages (the room display): True when answered
     timeout = HTTP_IDLE_S  # a connection silent this long is closed (StreamRequestHandler sets it on the socket)
 
     def do_GET(self) -> None:
@@ -164,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/readyz":
             ok, why = self.ready()
             self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
-        else:
+        elif self.routes is None or not self.routes(self):
             self._send(404, b"not found\n", "text/plain")
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
@@ -188,10 +202,19 @@ class _Server(ThreadingHTTPServer):
 
 
 class MetricsServer:
-    """/metrics, /healthz (the process answers) and /readyz (model loaded, spool writable, broker)."""
+    """/metrics, /healthz (the process answers) and /readyz (model loaded, spool writable, broker);
+    `routes` answers any other path it knows (edge.room's display), so no page needs a port of its own."""
 
-    def __init__(self, metrics: Metrics, bind: str, port: int, ready: Callable[[], tuple[bool, str]]) -> None:
-        handler = type("Handler", (_Handler,), {"metrics": metrics, "ready": staticmethod(ready)})
+    def __init__(
+        self,
+        metrics: Metrics,
+        bind: str,
+        port: int,
+        ready: Callable[[], tuple[bool, str]],
+        routes: Callable[[BaseHTTPRequestHandler], bool] | None = None,
+    ) -> None:
+        more = None if routes is None else staticmethod(routes)
+        handler = type("Handler", (_Handler,), {"metrics": metrics, "ready": staticmethod(ready), "routes": more})
         self._server = _Server((bind, port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 

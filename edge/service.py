@@ -4,12 +4,15 @@ Association threads only spool and answer. One worker owns the pipeline (and so 
 GPU context belongs to one thread). A spool entry is deleted only after its verdict is committed to
 the outbox, and an outbox row only after the broker acknowledged it; at start-up the spool's
 unfinished entries are judged first, so a crash at any point loses nothing (a replayed entry keeps
-its message id, and the outbox ignores an id it already holds).
+its message id, and the outbox ignores an id it already holds). Where the site writes verdicts back
+to the study (`[writeback]`), a judged image's SR is queued, durably, after the outbox commit and
+before its spool entry goes; it is sent on its own thread and never holds up MQTT or readiness.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -21,20 +24,29 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge.config import Config
-from edge.dicom.decode import part10_meta
+from edge.dicom.decode import accession_number, part10_meta
 from edge.dicom.scp import StorageScp
 from edge.dicom.spool import Arrival, Spool
 from edge.observability import Metrics, MetricsServer
-from edge.pipeline import ReloadingPipeline
+from edge.pipeline import ReloadingPipeline, Result
 from edge.publish.message import message_id, verdict_message
 from edge.publish.mqtt import Publisher
 from edge.publish.outbox import Message, Outbox
+from edge.publish.writeback import Writeback, wanted
+from edge.qc.overlay import draw_overlay
 from edge.qc.verdict import Verdict
+from edge.qc.words import Words
+from edge.room import LABELS, OverlayRenderer, RoomFeed, display_event, handle
 from edge.systemd import Watchdog, notify
 
 log = logging.getLogger("edge.service")
 COMMIT_RETRY_S: Final = 5.0  # a verdict the outbox refused is judged again after this long
 IDLE_PEER_S: Final = 5.0  # an association that sent nothing for this long is idle (readiness)
+
+
+def room_labels(words: Words) -> dict[str, str]:
+    """The room page's own words (edge.room.LABELS) in the site's language."""
+    return {key: words.text(msgid) for key, msgid in LABELS.items()}
 
 
 class Service:
@@ -66,9 +78,22 @@ class Service:
         self.metrics.queue_depth.set_function(self.queue.qsize)
         self.metrics.active_associations.set_function(lambda: self.scp.active_associations)
         self.metrics.outbox_depth.set_function(self.outbox.depth)
+        self.writeback: Writeback | None = None  # the verdict into the study as a DICOM SR (optional per site)
+        if config.writeback.enabled:
+            failures = self.metrics.writeback_failures
+            self.writeback = Writeback.from_config(
+                config, on_sent=self.metrics.writeback_sent.inc, on_failure=lambda reason: failures.labels(reason).inc()
+            )
+            self.metrics.writeback_queue_depth.set_function(self.writeback.queue.depth)
         self.http: MetricsServer | None = None
+        self.room: RoomFeed | None = None  # the room display (edge.room), served by the metrics HTTP server
+        self._overlays: OverlayRenderer | None = None
         if config.metrics.enabled:
-            self.http = MetricsServer(self.metrics, config.metrics.bind, config.metrics.port, self.ready)
+            routes = None
+            if config.room.enabled:
+                room = self.room = RoomFeed(labels=room_labels(self.pipeline.words))
+                routes = functools.partial(handle, room)
+            self.http = MetricsServer(self.metrics, config.metrics.bind, config.metrics.port, self.ready, routes)
         self._pipeline_lock = threading.Lock()  # the worker holds it per image; a reload swaps under it
         self.watchdog = Watchdog()
         self._stopping = threading.Event()
@@ -119,7 +144,13 @@ class Service:
         self.pipeline.prestart()
         if self.http is not None:
             self.http.start()
+        if self.room is not None:
+            self.room.watch(lambda: (self.publisher.connected.is_set(), self.pipeline.degraded))
+            overlay_seconds = self.metrics.stage_seconds.labels("room_overlay").observe
+            self._overlays = OverlayRenderer(self.room, overlay_seconds)
         self.publisher.start()
+        if self.writeback is not None:
+            self.writeback.start()  # C-ECHOes the destination on its own thread: a dead PACS delays nothing
         self.pipeline.start_watching()
         self._worker.start()
         threading.Thread(target=self._requeue, args=(recovered,), name="recovery", daemon=True).start()
@@ -180,6 +211,7 @@ class Service:
         entry, data = arrival.entry, arrival.data  # bytes while the spool write is under way, else read the entry
         attempt = self.spool.begin_attempt(entry)
         quarantine = attempt > self.config.service.max_attempts
+        result: Result | None = None
         try:
             if quarantine:
                 verdict = self._unjudged(
@@ -191,7 +223,8 @@ class Service:
                 log.error("%s: judging it ended the daemon %d times; quarantined", entry.name, attempt - 1)
             else:
                 with self._pipeline_lock:
-                    verdict = self.pipeline.process(entry if data is None else data).verdict
+                    result = self.pipeline.process(entry if data is None else data)
+                verdict = result.verdict
         except OSError as exc:  # the spool entry could not be read: the disk's fault, not the image's
             self.spool.end_attempt(entry)
             log.error("%s: cannot be read (%s); judged again in %g s", entry.name, exc, COMMIT_RETRY_S)
@@ -207,7 +240,7 @@ class Service:
             self.spool.end_attempt(entry)
             log.warning("%s: not spooled, verdict discarded (the sender was told to retry)", entry.name)
             return
-        self._commit(arrival, verdict, quarantine)
+        self._commit(arrival, verdict, quarantine, result)
 
     def _unjudged(self, arrival: Arrival, code: str, reason: str) -> Verdict:
         """A rejected verdict for an image that was not judged, naming it by the UID its file meta gives."""
@@ -215,14 +248,18 @@ class Service:
             uid = part10_meta(arrival.entry if arrival.data is None else arrival.data)[1]
         except OSError:
             uid = ""
-        return Verdict.rejected(reason=reason, code=code, versions=self.pipeline.versions, sop_instance_uid=uid)
+        return Verdict.rejected(
+            reason=reason, code=code, versions=self.pipeline.versions, sop_instance_uid=uid, words=self.pipeline.words
+        )
 
     def _retry(self, arrival: Arrival) -> None:
         retry = threading.Timer(COMMIT_RETRY_S, self._enqueue, (Arrival(arrival.entry, None),))
         retry.daemon = True
         retry.start()
 
-    def _commit(self, arrival: Arrival, verdict: Verdict, quarantine: bool = False) -> None:
+    def _commit(
+        self, arrival: Arrival, verdict: Verdict, quarantine: bool = False, result: Result | None = None
+    ) -> None:
         """Outbox first, then the spool entry goes (or, for a poison pill, into quarantine). When the
         outbox cannot be written (a full or read-only disk) the image is not at fault: its entry stays
         in the spool, /readyz turns 503, and the image is judged again after COMMIT_RETRY_S until the
@@ -240,6 +277,11 @@ class Service:
             return
         self._commit_problem = ""
         self.publisher.notify()
+        self._show(arrival, document, result)
+        if self.writeback is not None and wanted(document, arrival.probe):
+            # after MQTT and the room (they are what the radiographer waits for), before the spool entry,
+            # whose header the SR copies, goes: ~2 ms of CPU and a synchronous SQLite commit; the SR is built later
+            self.writeback.submit(arrival.entry, document, identifier)
         if quarantine:
             self.spool.quarantine(arrival.entry)
         else:
@@ -249,12 +291,24 @@ class Service:
         self.metrics.degraded.set(1 if verdict.degraded else 0)
         self.metrics.observe_verdict(document, probe=arrival.probe)
 
+    def _show(self, arrival: Arrival, document: dict[str, Any], result: Result | None) -> None:
+        """Put a committed verdict on the room display (never a probe's), then have its overlay drawn
+        off this thread: the page shows the verdict as MQTT gets it, and the picture follows."""
+        if self.room is None or arrival.probe:
+            return
+        accession = accession_number(arrival.entry) if self.config.room.show_accession else ""
+        n = self.room.verdict(display_event(document, arrival.received_unix, accession))
+        if self._overlays is not None and result is not None and result.radiograph is not None:
+            radiograph, segmentation, verdict = result.radiograph, result.segmentation, result.verdict
+            # the page has its own banner: the picture goes without one
+            self._overlays.submit(n, lambda: draw_overlay(radiograph, segmentation, verdict, banner=False))
+
     def reload(self, config: Config) -> list[str]:
         """SIGHUP: apply a new configuration's model and QC settings between two images; settings that
         need new sockets or files (DICOM, MQTT, spool, metrics) are reported, not applied."""
         restart = [
             name
-            for name in ("dicom", "mqtt", "service", "metrics")
+            for name in ("dicom", "mqtt", "service", "metrics", "room", "writeback")
             if getattr(config, name) != getattr(self.config, name)
         ]
         if config.model != self.config.model or config.qc != self.config.qc:
@@ -264,6 +318,8 @@ class Service:
                 old, self.pipeline = self.pipeline, candidate
                 self._follow_activation()
             old.close()
+            if self.room is not None:
+                self.room.relabel(room_labels(self.pipeline.words))
         self.config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in restart})
         return [f"'{name}' changed: takes effect after a restart" for name in restart]
 
@@ -277,5 +333,11 @@ class Service:
         self.publisher.stop()
         self.pipeline.close()
         self.outbox.close()
+        if self.writeback is not None:
+            self.writeback.stop(drain_s)  # what it has not sent stays queued for the next start
+        if self._overlays is not None:
+            self._overlays.stop()
+        if self.room is not None:
+            self.room.close()
         if self.http is not None:
             self.http.stop()

@@ -57,6 +57,19 @@ def test_overrides_and_targets_apply(tmp_path: Path) -> None:
         ("[qc\nbroken", "site.toml"),
         ("[model]\nbackend = 'tensorrt'", "'model.engine' is required"),
         ("[model]\nfallback = 'yes'", "model.fallback"),
+        ("[room]\nshow_accession = 'yes'", "room.show_accession"),
+        ("[qc]\nlanguage = 'fr'", "qc.language"),
+        ("[qc]\ncatalogue = 'site.po'", "qc.catalogue"),
+        ("[room]\nshow_patient = true", "room.show_patient"),
+        ("[writeback]\nenabled = true\ncalled_ae = 'PACS'", "'writeback.host' is required"),
+        ("[writeback]\nenabled = true\nhost = 'pacs'", "'writeback.called_ae' is required"),
+        ("[writeback]\nenabled = true\nhost = 'h'\ncalled_ae = 'P'\nstructured_report = false", "structured_report"),
+        ("[writeback]\ncalled_ae = 'A\\\\B'", "'writeback.called_ae'"),
+        ("[writeback]\nport = 0", "'writeback.port'"),
+        ("[writeback]\nretry_initial_s = 60\nretry_max_s = 30", "'writeback.retry_max_s'"),
+        ("[writeback]\nmax_queue_bytes = 1024", "'writeback.max_queue_bytes'"),
+        ("[writeback]\nqueue_path = ''", "'writeback.queue_path'"),
+        ("[writeback]\ndestination = 'pacs'", "writeback.destination"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:
@@ -159,6 +172,12 @@ RANGES: dict[str, tuple[int, int | None]] = {
     "mqtt.port": (1, 65535),
     "mqtt.ack_timeout_s": (1, 3600),
     "metrics.port": (1, 65535),
+    "writeback.port": (1, 65535),
+    "writeback.timeout_s": (1, 600),
+    "writeback.retry_initial_s": (1, 3600),
+    "writeback.retry_max_s": (1, 86400),
+    "writeback.max_queue_rows": (1, 1000000),
+    "writeback.max_queue_bytes": (1048576, None),
 }
 
 
@@ -173,6 +192,10 @@ def _with(dotted: str, value: object, **more: object) -> dict[str, Any]:
         data["dicom"].setdefault("max_associations", 64)
     if dotted == "dicom.max_associations":
         data["dicom"].setdefault("max_associations_per_address", 1)
+    if dotted == "writeback.retry_initial_s":  # nor that retry_max_s >= retry_initial_s
+        data["writeback"].setdefault("retry_max_s", 86400)
+    if dotted == "writeback.retry_max_s":
+        data["writeback"].setdefault("retry_initial_s", 1)
     return data
 
 

@@ -1,11 +1,14 @@
 """The one test bed: a real Mosquitto, `edge-qc serve`, DCMTK's storescu and a verdict subscriber, all on
-free loopback ports. The demo, the end-to-end benchmark and the tests use these and nothing else, so
-"start the daemon and wait until it is ready" is written once (it waits on /readyz, the same signal
-systemd and the fleet's health gate use, not on a line of log text).
+free loopback ports, and a headless Chromium for the room display. The demo, the end-to-end benchmark
+and the tests use these and nothing else, so "start the daemon and wait until it is ready" is written
+once (it waits on /readyz, the same signal systemd and the fleet's health gate use, not on a line of
+log text).
 """
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import os
 import shutil
@@ -26,6 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 MOSQUITTO: Final = Path("/usr/sbin/mosquitto")
 STORESCU: Final = Path("/usr/bin/storescu")  # DCMTK's; pynetdicom's own storescu is another program
+STORESCP: Final = Path("/usr/bin/storescp")  # DCMTK's: the write-back tests' PACS
+CHROMIUM: Final = ("chromium", "chromium-browser", "google-chrome")  # Debian's first
 # Started as root, Mosquitto drops to the "mosquitto" user, which cannot read a test's private temporary
 # files (certificates, password file, persistence); "user root" keeps it as it was started.
 RUN_AS_INVOKER: Final = "user root\n"
@@ -143,8 +148,10 @@ def site_config(
     names: tuple[str, str, str] = ("h1", "xr2", "jetson7"),
     calling_aets: tuple[str, ...] = ("MODALITY", "EDGEQC-PROBE"),
     threads: int = 1,
+    extra: str = "",
 ) -> tuple[Path, int]:
-    """A site.toml for a daemon on loopback (spool and outbox in `folder`); returns it and the DICOM port."""
+    """A site.toml for a daemon on loopback (spool and outbox in `folder`), with `extra` TOML (more
+    tables) at its end; returns it and the DICOM port."""
     port, metrics_port = free_port(), free_port()
     site, room, device = names
     config = folder / "site.toml"
@@ -166,7 +173,7 @@ spool_dir = "spool"
 outbox_path = "outbox.sqlite"
 [metrics]
 port = {metrics_port}
-"""
+{extra}"""
     )
     return config, port
 
@@ -184,6 +191,36 @@ def store(port: int, *files: Path, calling: str = "MODALITY", called: str = "EDG
     done = send(port, *files, calling=calling, called=called)
     if done.returncode != 0:
         raise RuntimeError(f"storescu exited {done.returncode}: {done.stdout}{done.stderr}")
+
+
+class StoreScp:
+    """DCMTK's storescp on a free loopback port, storing what it receives into `folder`: the PACS a
+    write-back test sends to, which it can start late (the destination down) and stop."""
+
+    def __init__(self, folder: Path, ae_title: str = "PACS") -> None:
+        if not STORESCP.exists():
+            raise ToolMissingError(f"{STORESCP} not installed (apt-get install dcmtk)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [str(STORESCP), "-aet", self.ae_title, "-od", str(self.folder), "+uf", "-fe", ".dcm", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_for(lambda: accepts(self.port), timeout=10):
+            raise RuntimeError("storescp did not start")
+
+    def received(self) -> list[Path]:
+        """The files stored so far, in the order they arrived (storescp writes each before it answers)."""
+        return sorted(self.folder.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
 
 
 def endpoint(port: int, path: str) -> tuple[int, str]:
@@ -275,3 +312,88 @@ class Daemon:
         self.process.kill()
         self.process.wait(timeout=30)
         self._reader.join(timeout=5)
+
+
+def chromium_binary() -> str:
+    for name in CHROMIUM:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ToolMissingError("chromium not installed (apt-get install chromium)")
+
+
+class Browser:
+    """A headless Chromium with one page, driven over the DevTools protocol (websocket-client): the room
+    display's tests and benchmark open the page, read its DOM and take screenshots through it."""
+
+    def __init__(self, folder: Path, size: tuple[int, int] = (1920, 1080)) -> None:
+        import websocket  # only the room display's tests and benchmark need it
+
+        binary = chromium_binary()
+        folder.mkdir(parents=True, exist_ok=True)
+        command = [
+            binary,
+            "--headless=new",
+            "--disable-gpu",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={folder}",
+            f"--window-size={size[0]},{size[1]}",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--hide-scrollbars",
+            "--mute-audio",
+            *(["--no-sandbox"] if os.geteuid() == 0 else []),  # Chromium refuses its sandbox as root
+            "about:blank",
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        active = folder / "DevToolsActivePort"
+        if not wait_for(lambda: active.is_file() and active.read_text().strip(), timeout=30):
+            self.close()
+            raise RuntimeError("chromium did not open its DevTools port")
+        port = int(active.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+            targets = json.loads(response.read())
+        page = next(t for t in targets if t.get("type") == "page")
+        self._ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self._ids = itertools.count(1)
+        width, height = size  # the viewport itself, as a kiosk's full screen (the window would be less)
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """One DevTools command and its result (events arriving meanwhile are dropped)."""
+        number = next(self._ids)
+        self._ws.send(json.dumps({"id": number, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self._ws.recv())
+            if reply.get("id") == number:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                result: dict[str, Any] = reply.get("result", {})
+                return result
+
+    def open(self, url: str, timeout: float = 20.0) -> None:
+        self.call("Page.navigate", url=url)
+        if not wait_for(lambda: self.evaluate("document.readyState") == "complete", timeout):
+            raise RuntimeError(f"{url} did not load")
+
+    def evaluate(self, expression: str, await_promise: bool = False) -> Any:
+        """A JavaScript expression's value in the page (JSON-able values only); with `await_promise`,
+        what the promise it gives resolves to (the call returns then)."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=await_promise)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def screenshot(self) -> bytes:
+        """The page as PNG bytes."""
+        return base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+
+    def close(self) -> None:
+        if getattr(self, "_ws", None) is not None:
+            self._ws.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)

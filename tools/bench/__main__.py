@@ -1,6 +1,7 @@
 """python -m tools.bench infer --model engines/<model>/<version> [--backend onnxruntime] [--runs N]
 python -m tools.bench check [--runs N] [--size 2500]: the whole `edge-qc check` pipeline, stage by stage
 python -m tools.bench e2e [--count N]: C-STORE to verdict over MQTT
+python -m tools.bench room [--count N]: C-STORE to verdict painted on the room display (/room), beside MQTT
 python -m tools.bench attack [--only NAME[,NAME]] [--duration S] [--json PATH]: hostile network and files
 
 Latency of the model alone (p50/p95, throughput) with the model's FLOPs; and of the path from a
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     e2e = sub.add_parser("e2e", help="C-STORE to verdict over MQTT, with its floors")
     e2e.add_argument("--count", type=int, default=30)
     e2e.add_argument("--sustained-minutes", type=float, default=0.0, help="send 60 images per minute for this long")
+    room = sub.add_parser("room", help="C-STORE to verdict painted on /room (headless Chromium), beside MQTT")
+    room.add_argument("--count", type=int, default=20)
     attack = sub.add_parser("attack", help="hostile network and hostile files (issue 15) under the unit's limits")
     attack.add_argument("--only", default="", help="comma-separated attacks (default: all, in order)")
     attack.add_argument("--duration", type=float, default=30.0, help="seconds each attack runs, at least")
@@ -178,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         from tools.bench.e2e import run
 
         return run(args.count, args.sustained_minutes)
+    if args.command == "room":
+        from tools.bench.room import run as run_room
+
+        return run_room(args.count)
     if args.command == "check":
         return bench_check(args.runs, args.size, args.images)
     code = bench_infer(args.model, args.backend, args.runs, args.threads, args.engine)
