@@ -22,13 +22,14 @@ from pydicom.uid import UID
 
 import edge
 from edge.config import Config
-from edge.dicom.decode import Rejection, decode, part10_meta, read_dataset
+from edge.dicom.decode import Rejection, decode, part10_meta, read_dataset, read_header
 from edge.dicom.sandbox import DecodeSandbox, SandboxLimits, needs_sandbox
 from edge.engines.manifest import ModelManifest, load_manifest
 from edge.imaging.preprocess import preprocess
-from edge.imaging.radiograph import Radiograph
+from edge.imaging.radiograph import AcquisitionTags, Radiograph
 from edge.inference.backend import Backend, ModelOutputs, open_with_fallback
 from edge.qc.assess import assess
+from edge.qc.items.exposure import Exposure, exposure_of
 from edge.qc.measure import Measurement
 from edge.qc.segmentation import Segmentation
 from edge.qc.standard import Standard, site_standard
@@ -38,6 +39,20 @@ from edge.qc.words import Words, site_words
 log = logging.getLogger("edge.pipeline")
 # How often the activation watcher looks at the engines directory's `current` pointer.
 ACTIVATION_POLL_S: Final = 0.5
+
+
+def header_facts(
+    source: bytes | Path | str | Dataset, targets: Mapping[str, float]
+) -> tuple[AcquisitionTags | None, Exposure | None]:
+    """What a verdict on an image that was not judged (rejected, quarantined) can still say, from its
+    header without the pixels: acquisition date/time, station, kVp, mAs, and EI/EI_T/DI by the one
+    rule (`exposure_of`, with the site's target for the view the tags name); (None, None) when the
+    header cannot be read."""
+    header = read_header(source)
+    if header is None:
+        return None, None
+    exposure, _ = exposure_of(header.exposure, targets.get(header.view) if header.view else None)
+    return header.acquisition, exposure
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,8 @@ class Pipeline:
     def _notes(self) -> list[str]:
         return [f"degraded: {self.degraded}; judged with ONNX Runtime on the CPU"] if self.degraded else []
 
-    def _rejected(self, exc: Rejection, timings: dict[str, float]) -> Result:
+    def _rejected(self, exc: Rejection, timings: dict[str, float], source: bytes | Path | str | Dataset) -> Result:
+        acquisition, exposure = header_facts(source, self.config.qc.target_exposure_index)
         verdict = Verdict.rejected(
             reason=exc.message,
             code=exc.reason,
@@ -103,6 +119,8 @@ class Pipeline:
             degraded=bool(self.degraded),
             sop_instance_uid=exc.sop_instance_uid,
             words=self.words,
+            exposure=exposure,
+            acquisition=acquisition,
         )
         return Result(verdict)
 
@@ -144,7 +162,7 @@ class Pipeline:
         except Rejection as exc:
             lap("decode")
             timings["total"] = (time.perf_counter() - start) * 1000
-            return self._rejected(exc, timings)
+            return self._rejected(exc, timings, source)
         lap("decode")
         net_input, transform = preprocess(radiograph.pixels, self.manifest.input_size)
         mirrored = radiograph.faces_left

@@ -9,7 +9,10 @@ the appliance sits on a modality's network and will be sent whatever the modalit
 
 from __future__ import annotations
 
+import datetime as _dt
 import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -24,7 +27,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from edge.dicom.shutter import find as find_shutter
 from edge.imaging.preprocess import area_average
-from edge.imaging.radiograph import ExposureTags, Radiograph
+from edge.imaging.radiograph import AcquisitionTags, ExposureTags, Radiograph
 
 F32 = NDArray[np.float32]
 Bool = NDArray[np.bool_]
@@ -193,6 +196,133 @@ def _number(ds: Dataset, keyword: str) -> float | None:
         value = ds.get(keyword)
         return None if value is None or value == "" else float(value)
     except (TypeError, ValueError):
+        return None
+
+
+def exposure_tags(ds: Dataset) -> ExposureTags:
+    """IEC 62494-1 indices as the modality recorded them."""
+    return ExposureTags(
+        exposure_index=_number(ds, "ExposureIndex"),
+        target_exposure_index=_number(ds, "TargetExposureIndex"),
+        deviation_index=_number(ds, "DeviationIndex"),
+    )
+
+
+_DATE: Final = re.compile(r"^(\d{4})(\d{2})?(\d{2})?$")
+_TIME: Final = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
+_OFFSET: Final = re.compile(r"^([+-])(\d{2})(\d{2})$")
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        return str(ds.get(keyword, "") or "").strip()
+    except Exception:  # a value pydicom cannot convert: as good as absent
+        return ""
+
+
+def iso_datetime(date: str, time: str = "", offset: str = "") -> str | None:
+    """DICOM DA (+ TM, + a DT's UTC offset) as ISO 8601, as precise as recorded ("2024-03-05T09:07:02.5",
+    "2024-03-05", "2024-03"); None when it is not a valid date or time. No time zone is assumed: the
+    modality's local time stays its local time."""
+    found = _DATE.match(date)
+    if found is None:
+        return None
+    year, month, day = found.groups()
+    try:
+        _dt.date(int(year), int(month or 1), int(day or 1))
+    except ValueError:
+        return None
+    text = "-".join(part for part in (year, month, day) if part)
+    clock = _TIME.match(time.replace(":", "")) if time and day else None
+    if time and day and clock is None:
+        return None
+    if clock is not None:
+        hour, minute, second, fraction = clock.groups()
+        if int(hour) > 23 or int(minute or 0) > 59 or int(second or 0) > 60:
+            return None
+        text += f"T{hour}:{minute or '00'}" + (f":{second}{fraction or ''}" if second else "")
+        zone = _OFFSET.match(offset)
+        if zone is not None:
+            text += f"{zone.group(1)}{zone.group(2)}:{zone.group(3)}"
+    return text
+
+
+def _split_dt(value: str) -> tuple[str, str, str]:
+    """A DT value's date (YYYY[MM[DD]]), time and UTC offset ("&ZZXX") parts."""
+    offset = ""
+    if len(value) >= 5 and value[-5] in "+-":
+        value, offset = value[:-5], value[-5:]
+    return value[:8], value[8:], offset
+
+
+def acquisition_datetime(ds: Dataset) -> tuple[str | None, str | None]:
+    """When the image was taken, ISO 8601, and the tags it came from: Acquisition DateTime, else
+    Acquisition Date (and Time), else Content Date (and Time); (None, None) when none is valid."""
+    acquired = _text(ds, "AcquisitionDateTime")
+    if acquired:
+        found = iso_datetime(*_split_dt(acquired))
+        if found is not None:
+            return found, "AcquisitionDateTime"
+    for prefix in ("Acquisition", "Content"):
+        date = _text(ds, f"{prefix}Date")
+        if date:
+            found = iso_datetime(date, _text(ds, f"{prefix}Time"))
+            if found is not None:
+                return found, f"{prefix}Date/{prefix}Time"
+    return None, None
+
+
+def exposure_mas(ds: Dataset) -> tuple[float | None, str | None]:
+    """The tube current-time product in mAs and the tag it came from: Exposure in uAs (the most precise),
+    else Exposure in mAs, else Exposure (an integer of mAs, IS); (None, None) when none is recorded."""
+    for keyword, scale in (("ExposureInuAs", 1e-3), ("ExposureInmAs", 1.0), ("Exposure", 1.0)):
+        value = _number(ds, keyword)
+        if value is not None and value >= 0 and np.isfinite(value):
+            return value * scale, keyword
+    return None, None
+
+
+def acquisition_tags(ds: Dataset) -> AcquisitionTags:
+    """When, where and with what technique, as recorded: never a patient's name, ID or birth date."""
+    when, when_source = acquisition_datetime(ds)
+    mas, mas_source = exposure_mas(ds)
+    kvp = _number(ds, "KVP")
+    return AcquisitionTags(
+        datetime=when,
+        datetime_source=when_source,
+        station_name=_text(ds, "StationName") or None,
+        kvp=kvp if kvp is not None and kvp > 0 and np.isfinite(kvp) else None,
+        exposure_mas=mas,
+        exposure_source=mas_source,
+    )
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a header says without its pixels: enough for a verdict on an image that was not judged."""
+
+    acquisition: AcquisitionTags
+    exposure: ExposureTags
+    view: str | None  # "ap", "lateral" or "oblique" as the tags say; None: not said
+
+
+def header_of(ds: Dataset) -> Header:
+    view, _ = view_from_tags(_text(ds, "ViewPosition").upper(), _view_code(ds))
+    return Header(acquisition_tags(ds), exposure_tags(ds), view)
+
+
+def read_header(source: bytes | Path | str | Dataset) -> Header | None:
+    """The header of a file that may not decode (a rejected or quarantined image), read without its
+    pixel data; None when it cannot be read, and for a deflated data set (inflating is the decode
+    sandbox's job, never this process's)."""
+    if isinstance(source, Dataset):
+        return header_of(source)
+    try:
+        if part10_meta(source)[0] == DeflatedExplicitVRLittleEndian:
+            return None
+        stream = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+        return header_of(pydicom.dcmread(stream, stop_before_pixels=True))
+    except Exception:  # whatever the file holds, the verdict goes without it
         return None
 
 
@@ -478,15 +608,12 @@ def decode(ds: Dataset) -> Radiograph:
         body_part=body_part,
         lumbar_examination=body_part in LUMBAR_BODY_PARTS,
         photometric=str(ds.get("PhotometricInterpretation", "")),
-        exposure=ExposureTags(
-            exposure_index=_number(ds, "ExposureIndex"),
-            target_exposure_index=_number(ds, "TargetExposureIndex"),
-            deviation_index=_number(ds, "DeviationIndex"),
-        ),
+        exposure=exposure_tags(ds),
         transfer_syntax=str(getattr(syntax, "name", syntax)),
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         resampled_to_square=resampled,
         shutter=shutter,
+        acquisition=acquisition_tags(ds),
     )
 
 

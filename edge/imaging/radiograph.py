@@ -25,6 +25,31 @@ class ExposureTags:
 
 
 @dataclass(frozen=True)
+class AcquisitionTags:
+    """When, where and with what technique the image was taken, as the modality recorded it (None when
+    absent): what reject analysis groups by and dose monitors (OpenREM) read from DX headers. Never a
+    patient's name, ID or birth date."""
+
+    datetime: str | None = None  # ISO 8601, the modality's local time as recorded (an offset only where recorded)
+    # "AcquisitionDateTime", "AcquisitionDate/AcquisitionTime" or "ContentDate/ContentTime"
+    datetime_source: str | None = None
+    station_name: str | None = None  # (0008,1010)
+    kvp: float | None = None  # (0018,0060)
+    exposure_mas: float | None = None  # the tube current-time product in mAs, from ...
+    exposure_source: str | None = None  # ... "ExposureInuAs" (/1000), "ExposureInmAs" or "Exposure"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "datetime": self.datetime,
+            "datetime_source": self.datetime_source,
+            "station_name": self.station_name,
+            "kvp": None if self.kvp is None else round(self.kvp, 2),
+            "exposure_mas": None if self.exposure_mas is None else round(self.exposure_mas, 4),
+            "exposure_source": self.exposure_source,
+        }
+
+
+@dataclass(frozen=True)
 class Shutter:
     """An electronic shutter on the stored grid: the open (unshuttered) rectangle, rows then columns
     as half-open ranges, and for circular or polygonal shutters the shuttered pixels themselves."""
@@ -71,6 +96,7 @@ class Radiograph:
     # millimetres at the detector per millimetre of pixel_spacing_mm (the radiographic magnification where
     # the spacing is in the patient plane, 1 where it is the detector's pitch); None: not known
     to_detector: float | None = None
+    acquisition: AcquisitionTags = AcquisitionTags()  # date/time, station, kVp, mAs as recorded
 
     @property
     def shape(self) -> tuple[int, int]:

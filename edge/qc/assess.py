@@ -204,6 +204,7 @@ def assess(
             degraded=degraded,
             words=words,
             exposure=exposure,
+            acquisition=radiograph.acquisition,
         )
         return Assessment(verdict, seg, None, {"measure": (time.perf_counter() - started) * 1000})
 
@@ -243,6 +244,7 @@ def assess(
             reading=read,
             words=words,
             exposure=exposure,
+            acquisition=radiograph.acquisition,
         )
         return Assessment(verdict, seg, None, {"measure": (time.perf_counter() - started) * 1000})
     anatomy = anatomy_mask(seg, judged, field)
@@ -272,6 +274,7 @@ def assess(
         reading=read,
         words=words,
         exposure=exposure,
+        acquisition=radiograph.acquisition,
     )
     timings = {"measure": (measured - started) * 1000, "judge": (time.perf_counter() - measured) * 1000}
     return Assessment(verdict, seg, measurements, timings)

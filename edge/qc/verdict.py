@@ -17,6 +17,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from edge.imaging.radiograph import AcquisitionTags
 from edge.qc.confidence import Reading
 from edge.qc.items.exposure import Exposure
 from edge.qc.judge import ItemResult, overall
@@ -91,7 +92,8 @@ class Verdict:
     language: str = "en"  # the language of every text in the verdict
     headline: str = ""  # one short line for a banner
     corrections: tuple[Correction, ...] = ()  # unique sentences, failed items' first
-    exposure: Exposure | None = None  # EI, target and DI as judged; None when rejected
+    exposure: Exposure | None = None  # EI, target and DI as judged; None when no header could be read
+    acquisition: AcquisitionTags | None = None  # date/time, station, kVp, mAs; None when no header could be read
 
     def __post_init__(self) -> None:
         for name in ("items", "image", "versions", "timings_ms"):
@@ -113,6 +115,7 @@ class Verdict:
         reading: Reading | None = None,
         words: Words = ENGLISH,
         exposure: Exposure | None = None,
+        acquisition: AcquisitionTags | None = None,
     ) -> Verdict:
         """The standard applied: pass, fail, or indeterminate when a failing-severity item could not
         be measured. The items' texts are in `words`' language already; a correction that repeats one
@@ -139,6 +142,7 @@ class Verdict:
             headline(outcome, items, words),
             corrections,
             exposure,
+            acquisition,
         )
 
     @classmethod
@@ -156,6 +160,7 @@ class Verdict:
         reading: Reading | None = None,
         words: Words = ENGLISH,
         exposure: Exposure | None = None,
+        acquisition: AcquisitionTags | None = None,
     ) -> Verdict:
         """The image was read but cannot be judged (not a lumbar spine, view unknown, masks that cannot
         be trusted): no items. `reason` is in `words`' language already."""
@@ -175,6 +180,7 @@ class Verdict:
             headline("indeterminate", {}, words),
             (),
             exposure,
+            acquisition,
         )
 
     @classmethod
@@ -189,9 +195,13 @@ class Verdict:
         degraded: bool = False,
         sop_instance_uid: str = "",
         words: Words = ENGLISH,
+        exposure: Exposure | None = None,
+        acquisition: AcquisitionTags | None = None,
     ) -> Verdict:
         """The image could not be read at all (not a radiograph, unsupported encoding, a decompression
-        bomb...). The SOP Instance UID, where the file names one, lets the sender match the verdict."""
+        bomb...). The SOP Instance UID, where the file names one, lets the sender match the verdict;
+        `exposure` and `acquisition`, where its header could be read, let reject and dose analysis
+        count it."""
         image = {"sop_instance_uid": sop_instance_uid}
         return cls(
             "rejected",
@@ -206,6 +216,8 @@ class Verdict:
             degraded,
             language=words.language,
             headline=headline("rejected", {}, words),
+            exposure=exposure,
+            acquisition=acquisition,
         )
 
     def with_timings(self, timings_ms: Mapping[str, float]) -> Verdict:
@@ -249,6 +261,7 @@ class Verdict:
             "headline": self.headline,
             "corrections": [c.as_dict() for c in self.corrections],
             "exposure": None if self.exposure is None else self.exposure.as_dict(),
+            "acquisition": None if self.acquisition is None else self.acquisition.as_dict(),
         }
 
     def summary(self) -> str:
