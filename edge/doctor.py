@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from edge.config import Config, ConfigError, load_config
+from edge.config_check import naming_warnings
 from edge.engines.manifest import ManifestError, load_manifest
 from edge.engines.store import sha256_of
 from edge.inference.device import (
@@ -65,7 +66,6 @@ GPU_NODE_GLOBS: Final = ("nvmap", "nvgpu/igpu0/*", "nvhost-*gpu*", "nvidia[0-9]*
 GPU_GROUP_GLOBS: Final = ("nvhost*", "nvgpu*", "*.gpu", "nvidia*", "nvmap")
 SOCS: Final = {"tegra210": "Nano/TX1", "tegra186": "TX2", "tegra194": "Xavier", "tegra234": "Orin", "tegra264": "Thor"}
 JETPACKS: Final = {"32": "JetPack 4", "35": "JetPack 5", "36": "JetPack 6", "38": "JetPack 7"}
-DEFAULT_NAMES: Final = {"site": "site", "room": "room", "device": "device"}
 BROKER_TIMEOUT_S: Final = 5.0
 PORT_TIMEOUT_S: Final = 2.0
 
@@ -713,21 +713,12 @@ def check_dicom_port(ctx: Context) -> Check:
 def check_modality_aets(ctx: Context) -> Check:
     """A modality may only send when its AE title is allowed, and verdicts name site, room and device."""
     config = ctx.config
-    problems, fixes = [], []
-    titles = config.dicom.allowed_calling_aets
-    if not titles:
-        problems.append("dicom.allowed_calling_aets is empty")
-        fixes.append("no modality may send: add its AE title to dicom.allowed_calling_aets")
-    left = [f"mqtt.{key} = {value!r}" for key, value in DEFAULT_NAMES.items() if getattr(config.mqtt, key) == value]
-    if left:
-        problems.append("left at the default: " + ", ".join(left))
-        fixes.append(
-            "set mqtt.site, mqtt.room and mqtt.device to this device's real names: verdict topics and dashboards"
-            " are named after them"
-        )
-    if problems:
-        return Check("modality-aets", "fail", "; ".join(problems), "; ".join(fixes))
-    mqtt = config.mqtt
+    found = list(naming_warnings(config))  # the rule config-check warns by
+    if found:
+        what = "; ".join(f"{key} {text.split(': ', 1)[0]}" for key, text in found)
+        fixes = "; ".join(f"{key}: {text.split(': ', 1)[-1]}" for key, text in found)
+        return Check("modality-aets", "fail", what, fixes)
+    titles, mqtt = config.dicom.allowed_calling_aets, config.mqtt
     return Check(
         "modality-aets",
         "pass",

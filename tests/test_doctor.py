@@ -186,7 +186,7 @@ def test_the_human_output_names_each_check_and_the_fix_of_each_failure(
     assert out.startswith("edge-qc doctor (configuration: built-in defaults)")
     for name, _ in doctor.CHECKS:
         assert f"  {name} " in out
-    assert "FAIL  modality-aets" in out and "fix: no modality may send" in out
+    assert "FAIL  modality-aets" in out and "every modality is refused" in out
     assert out.rstrip().splitlines()[-1].endswith("skipped")
 
 
@@ -499,11 +499,11 @@ def test_modality_aets_fail_on_an_empty_allow_list_and_default_names() -> None:
     check = doctor.check_modality_aets(Context(Config()))
     assert check.status == "fail"
     assert "dicom.allowed_calling_aets is empty" in check.detail
-    assert "mqtt.site = 'site', mqtt.room = 'room', mqtt.device = 'device'" in check.detail
-    assert "no modality may send: add its AE title to dicom.allowed_calling_aets" in check.fix
+    assert "mqtt.site is still 'site'; mqtt.room is still 'room'; mqtt.device is still 'device'" in check.detail
+    assert "dicom.allowed_calling_aets: every modality is refused; add the calling AE title" in check.fix
     named = dataclasses.replace(Config().mqtt, site="h1", room="xr2", device="jetson7")
     check = doctor.check_modality_aets(Context(dataclasses.replace(Config(), mqtt=named)))
-    assert check.status == "fail" and "allowed_calling_aets" in check.detail and "default" not in check.detail
+    assert check.status == "fail" and "allowed_calling_aets" in check.detail and "still" not in check.detail
     dicom = dataclasses.replace(Config().dicom, allowed_calling_aets=("CR_ROOM2",))
     check = doctor.check_modality_aets(Context(dataclasses.replace(Config(), mqtt=named, dicom=dicom)))
     assert check.status == "pass" and "CR_ROOM2" in check.detail
