@@ -124,6 +124,8 @@ class _Guarded:
 
     framer: PduFramer
     clock: Callable[[], float] = time.monotonic
+    # told once, with OpenSSL's reason, when a TLS handshake fails (the SCP logs and counts the refusal)
+    on_handshake_failure: Callable[[str], None] | None = None
     _ahead: bytes = b""
     _ahead_at = 0
 
@@ -160,7 +162,16 @@ class GuardedTlsSocket(_Guarded, ssl.SSLSocket):
     """The same for DICOM TLS (the handshake runs inside the first read, so it has the PDU deadline)."""
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        return self._guarded_recv(lambda n: ssl.SSLSocket.recv(self, n, flags), buflen)
+        try:
+            return self._guarded_recv(lambda n: ssl.SSLSocket.recv(self, n, flags), buflen)
+        except ssl.SSLError as exc:
+            # before the handshake completed (no TLS version yet); a peer that only hung up (EOF: a port
+            # check, a scanner) was not refused anything
+            report = self.on_handshake_failure
+            if report is not None and self.version() is None and not isinstance(exc, ssl.SSLEOFError):
+                self.on_handshake_failure = None
+                report(str(exc.reason or exc))
+            raise
 
 
 def guard_plain(client: socket.socket, limits: Limits) -> GuardedSocket:

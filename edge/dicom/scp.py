@@ -6,6 +6,9 @@ keeps large objects out of these threads). Unknown senders are refused by defaul
 title must be on the allow-list, and where an address allow-list is configured the TCP connection of
 any other address is closed before an association exists. A spool that cannot take the dataset
 answers "out of resources" at once. DICOM TLS (optionally mutual) when a certificate is configured.
+Every sender turned away is a `Refusal`: counted through `on_refused` (its reason code) and logged as one
+warning naming the address, the AE titles and the fix. The allow-lists change on a running SCP (`apply`,
+a reload).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -37,7 +40,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
-from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu import A_ASSOCIATE_RJ, P_DATA_TF
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
@@ -72,6 +75,81 @@ TRANSFER_SYNTAXES: Final = (
 REFUSAL_LOG_S: Final = 60.0
 SUCCESS: Final = 0x0000
 OUT_OF_RESOURCES: Final = 0xA700
+# DICOM settings a reload applies to the running SCP; the others need a new socket or AE (a restart)
+LIVE_SETTINGS: Final = ("allowed_calling_aets", "allowed_addresses", "probe_calling_aets")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One sender turned away: why, from where, and what it asked for ("" where the refusal came
+    before its association request was read). The reason is the label of
+    edgeqc_associations_refused_total (edge.observability.REFUSAL_REASONS): unknown_calling_aet,
+    wrong_called_aet, address_not_allowed, tls, too_many; "other" only for an A-ASSOCIATE-RJ this SCP
+    does not send today (a failed user identity, say)."""
+
+    reason: str
+    address: str
+    calling: str = ""
+    called: str = ""
+    detail: str = ""  # e.g. the TLS error, the number of connections held
+
+
+def rejection_reason(result: int, source: int, diagnostic: int) -> str:
+    """The reason code of an A-ASSOCIATE-RJ (PS3.8 9.3.4: result, source, reason/diag.) as sent."""
+    if source == 0x01 and diagnostic == 0x03:
+        return "unknown_calling_aet"
+    if source == 0x01 and diagnostic == 0x07:
+        return "wrong_called_aet"
+    if source == 0x03 and diagnostic == 0x02:  # presentation related, local limit exceeded
+        return "too_many"
+    return "other"
+
+
+def refusal_message(refusal: Refusal, settings: DicomConfig) -> str:
+    """The log line of a refusal: who, why (with the reason code to grep and count) and the fix in
+    words, naming the setting to change: the line a biomedical engineer acts on."""
+    r, address = refusal, refusal.address
+    if r.reason == "unknown_calling_aet" and not r.calling:
+        return (
+            f"connection from {address} refused: no calling AE title is allowed (reason unknown_calling_aet);"
+            " add the modality's AE title to dicom.allowed_calling_aets"
+        )
+    if r.reason == "unknown_calling_aet":
+        return (
+            f'association from {address} refused: calling AE "{r.calling}" is not allowed'
+            f" (reason unknown_calling_aet); add '{r.calling}' to dicom.allowed_calling_aets"
+        )
+    if r.reason == "wrong_called_aet":
+        return (
+            f'association from {address} refused: called AE "{r.called}" is not this appliance\'s'
+            f' "{settings.ae_title}" (calling AE "{r.calling}"; reason wrong_called_aet);'
+            f" set the modality's destination AE title to '{settings.ae_title}' (dicom.ae_title)"
+        )
+    if r.reason == "address_not_allowed":
+        return (
+            f"connection from {address} refused: address not allowed (reason address_not_allowed);"
+            f" add '{address}' to dicom.allowed_addresses"
+        )
+    if r.reason == "tls":
+        return (
+            f"connection from {address} refused: TLS handshake failed ({r.detail or 'no detail'}; reason tls);"
+            " the sender must speak DICOM TLS 1.2 or newer"
+            + (" with a certificate signed by dicom.tls_ca_certs" if settings.tls_ca_certs else "")
+        )
+    if r.reason == "too_many" and not r.calling:
+        return (
+            f"connection from {address} refused: it already holds {r.detail} connections (reason too_many);"
+            " find what holds them, or raise dicom.max_associations_per_address"
+        )
+    if r.reason == "too_many":
+        return (
+            f'association from {address} refused: calling AE "{r.calling}", all {settings.max_associations}'
+            " associations in use (reason too_many); find the peers holding them, or raise dicom.max_associations"
+        )
+    return (
+        f'association from {address} refused: calling AE "{r.calling}", called AE "{r.called}"'
+        f" ({r.detail or 'reason other'})"
+    )
 
 
 def server_tls(settings: DicomConfig) -> ssl.SSLContext | None:
@@ -100,11 +178,11 @@ class _FilteringServer(ThreadedAssociationServer):
     refuse_all = False  # no calling AE title allowed: nobody may associate
     limits: Limits
     per_address = 2  # connections one address may hold at once
+    refused: Callable[[Refusal], None]  # StorageScp's: logs and counts
 
     def server_activate(self) -> None:
         self.connections: list[tuple[str, GuardedSocket | GuardedTlsSocket]] = []
         self.connections_lock = threading.Lock()
-        self.warned: dict[str, float] = {}  # address -> when its last refusal was logged
         super().server_activate()
 
     def get_request(self) -> tuple[Any, Any]:
@@ -114,7 +192,10 @@ class _FilteringServer(ThreadedAssociationServer):
         stall the accept loop."""
         client, address = self.socket.accept()  # type: ignore[union-attr]
         if self.ssl_context:
-            return guard_tls(client, self.ssl_context, self.limits), address
+            guarded = guard_tls(client, self.ssl_context, self.limits)
+            refused, host = self.refused, str(address[0])
+            guarded.on_handshake_failure = lambda detail: refused(Refusal("tls", host, detail=detail))
+            return guarded, address
         return guard_plain(client, self.limits), address
 
     def open_connections(self) -> list[tuple[str, GuardedSocket | GuardedTlsSocket]]:
@@ -132,23 +213,14 @@ class _FilteringServer(ThreadedAssociationServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         host = str(client_address[0])
         if self.refuse_all:
-            log.warning("connection from %s refused: no calling AE title is allowed (allowed_calling_aets)", host)
+            self.refused(Refusal("unknown_calling_aet", host))
             return False
         if self.allowed_addresses and host not in self.allowed_addresses:
-            log.warning("connection from %s refused: address not on the allow-list", host)
+            self.refused(Refusal("address_not_allowed", host))
             return False
         held = sum(1 for other, _ in self.open_connections() if other == host)
         if held >= self.per_address:
-            now = time.monotonic()
-            if now - self.warned.get(host, -REFUSAL_LOG_S) >= REFUSAL_LOG_S:  # a flood logs a line, not a line each
-                self.warned[host] = now
-                log.warning(
-                    "connection from %s refused: it already holds %d connections (max_associations_per_address;"
-                    " further refusals of this address are not logged for %g s)",
-                    host,
-                    held,
-                    REFUSAL_LOG_S,
-                )
+            self.refused(Refusal("too_many", host, detail=str(held)))
             return False
         with self.connections_lock:
             self.connections.append((host, request))
@@ -171,12 +243,16 @@ class StorageScp:
         spool: Spool,
         on_arrival: Callable[[Arrival], None],
         on_association: Callable[[str], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.on_arrival = on_arrival  # may block while the queue is full: back-pressure on the sender
         self.on_association = on_association  # "accepted" / "rejected"
+        self.on_refused = on_refused  # the Refusal's reason, for every sender turned away (metrics)
         self._messages: dict[int, _Message] = {}  # association -> the message it is receiving
+        self._warned: dict[str, float] = {}  # address -> when its last too_many refusal was logged
+        self._settings_lock = threading.Lock()  # a reload's allow-lists go in together
         ae = AE(ae_title=settings.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(settings.allowed_calling_aets)
@@ -203,6 +279,85 @@ class StorageScp:
             reason = f"dataset larger than max_dataset_bytes ({self.settings.max_dataset_bytes})"
             if drop(event.assoc, reason):
                 log.warning("association from %s aborted: %s", event.assoc.requestor.address, reason)
+
+    def _refused(self, refusal: Refusal) -> None:
+        """Every refusal is counted; each is logged as a warning with its fix, except that an address
+        flooding connections past max_associations_per_address logs one line per REFUSAL_LOG_S."""
+        if self.on_refused is not None:
+            self.on_refused(refusal.reason)
+        if refusal.reason == "too_many" and not refusal.calling:
+            now = time.monotonic()
+            if now - self._warned.get(refusal.address, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
+                return
+            self._warned[refusal.address] = now
+        message = refusal_message(refusal, self.settings)
+        if refusal.reason == "too_many" and not refusal.calling:
+            message += f" (further refusals of {refusal.address} are not logged for {REFUSAL_LOG_S:g} s)"
+        log.warning(
+            message,
+            extra={
+                "fields": {
+                    "event": "association_refused",
+                    "reason": refusal.reason,
+                    "address": refusal.address,
+                    "calling_aet": refusal.calling,
+                    "called_aet": refusal.called,
+                }
+            },
+        )
+
+    def _on_pdu_sent(self, event: Event) -> None:
+        """An A-ASSOCIATE-RJ as it goes to the peer: pynetdicom's own log says only "Rejecting
+        Association"; the PDU says why (the reason the peer hears)."""
+        pdu = event.pdu
+        if not isinstance(pdu, A_ASSOCIATE_RJ):
+            return
+        requestor = event.assoc.requestor
+        called = getattr(requestor.primitive, "called_ae_title", "") if requestor.primitive is not None else ""
+        reason = rejection_reason(pdu.result or 0, pdu.source or 0, pdu.reason_diagnostic or 0)
+        detail = f"A-ASSOCIATE-RJ result {pdu.result}, source {pdu.source}, reason {pdu.reason_diagnostic}"
+        self._refused(
+            Refusal(reason, str(requestor.address), str(requestor.ae_title).strip(), str(called).strip(), detail)
+        )
+
+    def _on_accepted(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        called = str(getattr(requestor.primitive, "called_ae_title", "")).strip()
+        log.info(
+            'association from %s accepted: calling AE "%s", called AE "%s"',
+            requestor.address,
+            calling,
+            called,
+            extra={
+                "fields": {
+                    "event": "association_accepted",
+                    "address": str(requestor.address),
+                    "calling_aet": calling,
+                    "called_aet": called,
+                }
+            },
+        )
+        if self.on_association is not None:
+            self.on_association("accepted")
+
+    def apply(self, settings: DicomConfig) -> list[str]:
+        """A reload: the allow-lists (LIVE_SETTINGS) of `settings` take effect for the next connection
+        and association request; the names of the live settings that changed. An empty calling-AE list
+        refuses connections before pynetdicom sees them (to pynetdicom an empty list means anyone)."""
+        changed = [name for name in LIVE_SETTINGS if getattr(settings, name) != getattr(self.settings, name)]
+        live = {name: getattr(settings, name) for name in LIVE_SETTINGS}
+        with self._settings_lock:
+            server = self._server
+            if not settings.allowed_calling_aets and isinstance(server, _FilteringServer):
+                server.refuse_all = True  # first, so nobody slips through the empty pynetdicom list
+            if settings.allowed_calling_aets:
+                self._ae.require_calling_aet = list(settings.allowed_calling_aets)
+            self.settings = replace(self.settings, **live)
+            if isinstance(server, _FilteringServer):
+                server.allowed_addresses = frozenset(settings.allowed_addresses)
+                server.refuse_all = not settings.allowed_calling_aets
+        return changed
 
     def _message_began(self, event: Event) -> tuple[float, int]:
         """When the message now complete began (perf_counter, ns since the epoch); forgets it."""
@@ -238,10 +393,11 @@ class StorageScp:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_CONN_CLOSE, self._message_began),  # forget a message an aborted association left
+            (evt.EVT_PDU_SENT, self._on_pdu_sent),  # an A-ASSOCIATE-RJ: logged with its reason and fix
+            (evt.EVT_ACCEPTED, self._on_accepted),
         ]
         if self.on_association is not None:
             report = self.on_association
-            handlers += [(evt.EVT_ACCEPTED, lambda event: report("accepted"))]
             handlers += [(evt.EVT_REJECTED, lambda event: report("rejected"))]
         server = self._ae.make_server(
             (self.settings.bind, self.settings.port),
@@ -253,6 +409,7 @@ class StorageScp:
         server.allowed_addresses = frozenset(self.settings.allowed_addresses)
         server.refuse_all = not self.settings.allowed_calling_aets
         server.per_address = self.settings.max_associations_per_address
+        server.refused = self._refused
         server.limits = Limits(
             max_pdu_bytes=self.settings.max_pdu_bytes,
             pdu_timeout_s=self.settings.pdu_timeout_s,

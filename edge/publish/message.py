@@ -58,3 +58,53 @@ def verdict_message(
         "verdict": document,
     }
     return json.dumps(payload, allow_nan=False).encode()
+
+
+def verdict_log(
+    *, verdict: Mapping[str, Any], message_id: str, stage_seconds: Mapping[str, float], probe: bool
+) -> tuple[str, dict[str, Any]]:
+    """The one log line of a verdict, for the engineer reading the journal: its message and its JSON
+    fields. Only what the payload may carry, with the UID always hashed (a log is read by more people
+    than the site's MQTT consumers) and none of the image's texts: item ids, codes and numbers."""
+    view = verdict.get("view") or {}
+    judged = view.get("judged") if isinstance(view, Mapping) else None
+    failed = [str(item.get("item")) for item in verdict.get("failed") or () if isinstance(item, Mapping)]
+    found = verdict.get("exposure")
+    exposure: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    ei, di = exposure.get("exposure_index"), exposure.get("deviation_index")
+    versions = verdict.get("versions") or {}
+    timings = {stage: round(seconds * 1000, 1) for stage, seconds in stage_seconds.items()}
+    timings.update({stage: round(float(ms), 1) for stage, ms in (verdict.get("timings_ms") or {}).items()})
+    uid = hashed_uid(str((verdict.get("image") or {}).get("sop_instance_uid", "")))
+    outcome = str(verdict.get("verdict"))
+    words = [f"verdict {outcome}", f"view {judged or 'unknown'}"]
+    if failed:
+        words.append("failed " + ",".join(failed))
+    if verdict.get("reason_code"):
+        words.append(f"reason {verdict['reason_code']}")
+    if ei is not None:
+        words.append(f"EI {ei:g}" + (f" DI {di:+.2f}" if di is not None else ""))
+    if "total" in timings:  # the pipeline's, decode to judge; the transport stages are in the fields
+        words.append(f"judged in {timings['total']:.0f} ms")
+    words.append(f"model {versions.get('model', 'unknown')}")
+    if probe:
+        words.append("probe")
+    fields = {
+        "event": "verdict",
+        "message_id": message_id,
+        "verdict": outcome,
+        "view": judged,
+        "reason_code": verdict.get("reason_code") or "",
+        "failed": failed,
+        "exposure_index": ei,
+        "target_exposure_index": exposure.get("target_exposure_index"),
+        "deviation_index": di,
+        "timings_ms": timings,
+        "model": versions.get("model"),
+        "engine": versions.get("engine"),
+        "backend": versions.get("backend"),
+        "degraded": bool(verdict.get("degraded")),
+        "sop_instance_uid": uid,
+        "probe": probe,
+    }
+    return "; ".join(words), fields

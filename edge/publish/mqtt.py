@@ -72,6 +72,7 @@ class Publisher:
         self.failures_in_a_row = 0  # publishes not acknowledged since the last one that was
         self.waiting_since: float | None = None  # monotonic: when the message in front was first sent, unacknowledged
         self._refused = ""  # the broker's last reason for refusing the connection (logged once per change)
+        self._was_connected = False  # for one "down" and one "up" line per transition
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._birth = dict(birth or {})
@@ -101,15 +102,38 @@ class Publisher:
                 self._refused = str(reason)
                 log.error("the broker %s:%d refused the connection: %s", self.settings.host, self.settings.port, reason)
             return
-        if self._refused:
-            log.info("the broker %s:%d accepted the connection again", self.settings.host, self.settings.port)
+        again = " again" if self._was_connected or self._refused else ""
         self._refused = ""
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self.connected.set()
         self._wake.set()
+        log.info(
+            "broker %s:%d connected%s: verdicts are delivered (%d waiting in the outbox)",
+            self.settings.host,
+            self.settings.port,
+            again,
+            self.outbox.depth(),
+            extra={"fields": {"event": "broker_up", "host": self.settings.host, "port": self.settings.port}},
+        )
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was = self.connected.is_set()
         self.connected.clear()
+        if not was:  # paho also calls this after a failed reconnect: one line per transition
+            return
+        self._was_connected = True
+        fields = {"event": "broker_down", "host": self.settings.host, "port": self.settings.port, "reason": str(reason)}
+        if self._stop.is_set():
+            log.info("broker %s:%d disconnected: edge-qc is stopping", self.settings.host, self.settings.port,
+                     extra={"fields": fields})  # fmt: skip
+            return
+        log.warning(
+            "broker %s:%d lost (%s): verdicts wait in the outbox and are sent when it is back; reconnecting",
+            self.settings.host,
+            self.settings.port,
+            reason,
+            extra={"fields": fields},
+        )
 
     def start(self) -> None:
         self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.timing.keepalive_s)

@@ -37,6 +37,7 @@ def test_unit_declares_notify_watchdog_drain_and_hardening() -> None:
     text = SERVICE.read_text()
     for line in (
         "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",  # systemctl reload: SIGHUP (JetPack 6's systemd 249: no notify-reload)
         "WatchdogSec=",
         "KillSignal=SIGTERM",
         "Restart=on-failure",
