@@ -6,8 +6,10 @@
     edge-qc engine list|activate VERSION|rollback [--root ENGINES_DIR]
     edge-qc engine validate MODEL_DIR [--precision fp32|fp16] [--write]
     edge-qc engine build MODEL_DIR [--out DIR] [--precision fp16|fp32] [--workspace-mib N]
-    edge-qc config-check SITE.toml
+    edge-qc config-check [--config] SITE.toml [--inventory ansible/inventory/NAME] [--json]
     edge-qc probe --config SITE.toml IMAGE.dcm --expect pass|fail|indeterminate|rejected [--expect-item ITEM ...]
+    edge-qc report [--from DATE] [--to DATE] [--room ROOM] [--view V] [--format csv|html]
+                   [--history PATH | --config FILE] [--out FILE]
 
 Exit status: 0 every image passed, 1 at least one failed, was indeterminate or was rejected,
 2 the command itself could not run (bad configuration, missing model, unreadable file).
@@ -18,13 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.config import ConfigError, load_config
 from edge.engines.manifest import ManifestError, ModelManifest
 from edge.inference.backend import BackendUnavailableError
 from edge.probe import add_arguments as add_probe_arguments
+from edge.report import add_arguments as add_report_arguments
+
+if TYPE_CHECKING:
+    from edge.service import Service
 
 
 def _overlay_path(base: Path, source: Path, count: int, used: set[Path]) -> Path:
@@ -276,22 +284,28 @@ def engine(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT, then drain: nothing received is dropped."""
-    import logging
     import signal
     import threading
 
-    from edge.logs import configure
+    from edge.logs import configure, fields
     from edge.service import Service
 
-    configure()
+    configure()  # first: every line from here on is JSON (under systemd, with its journal priority)
+    log = logging.getLogger("edge.serve")
     try:
         service = Service(load_config(args.config))
     except (ConfigError, ManifestError, BackendUnavailableError, OSError) as exc:
-        print(f"edge-qc: {exc}", file=sys.stderr)
+        log.error("not started: %s", exc, extra=fields(event="start_failed", error=str(exc)))
         return 2
     stop, hangup = threading.Event(), threading.Event()
+    received: list[str] = []  # the signal that ended serving, for the drain line
+
+    def on_stop(number: int, _: object) -> None:
+        received.append(signal.Signals(number).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_stop)
 
     def on_hangup(*_: object) -> None:
         hangup.set()
@@ -300,41 +314,73 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_hangup)
     service.start()
     metrics = f", metrics on port {service.http.port}" if service.http is not None else ""
-    print(
-        f"edge-qc serving: DICOM {service.config.dicom.ae_title} on port {service.scp.port},"
-        f" MQTT {service.topic}{metrics}"
+    log.info(
+        "serving: DICOM %s on port %d, MQTT %s%s",
+        service.config.dicom.ae_title,
+        service.scp.port,
+        service.topic,
+        metrics,
+        extra=fields(event="serving", dicom_port=service.scp.port, versions=service.pipeline.versions),
     )
-    sys.stdout.flush()
-    log = logging.getLogger("edge.serve")
     while True:
         stop.wait()
         if not hangup.is_set():
             break
         stop.clear()
         hangup.clear()
-        try:  # a bad new configuration is refused and the running one kept
-            notes = service.reload(load_config(args.config))
-            log.info("configuration reloaded from %s", args.config)
-            for note in notes:
-                log.warning(note)
-        except (ConfigError, ManifestError, BackendUnavailableError, OSError) as exc:
-            log.error("configuration not reloaded, still running the previous one: %s", exc)
+        reload(service, args.config, log)
+    log.info("%s received: stopping", received[-1] if received else "stop", extra=fields(event="stopping"))
     service.stop()
     return 0
 
 
-def config_check(args: argparse.Namespace) -> int:
-    """Load and validate a configuration without using it (Ansible's `validate:` before a file is put in place)."""
-    from edge.qc.standard import site_standard
+def reload(service: Service, path: Path, log: logging.Logger) -> None:
+    """SIGHUP: a new configuration applied, or refused with the key named and the running one kept;
+    either way one line and the reload gauges (edgeqc_config_last_reload_*)."""
+    from edge.logs import fields
 
     try:
-        config = load_config(args.file)
-        site_standard(config.qc, config.source)  # the QC overrides are the standard's to check
-    except ConfigError as exc:
-        print(f"edge-qc: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.file}: configuration valid")
-    return 0
+        outcome = service.reload(load_config(path))
+    except (ConfigError, ManifestError, BackendUnavailableError, OSError) as exc:
+        service.metrics.reload_result(False)
+        log.error(
+            "configuration reload refused, still running the previous one: %s",
+            exc,
+            extra=fields(event="reload", ok=False, error=str(exc)),
+        )
+        return
+    service.metrics.reload_result(True)
+    if outcome.applied:
+        done = "applied " + ", ".join(outcome.applied)
+    else:
+        done = "nothing to apply while running" if outcome.restart else "no change"
+    log.info(
+        "configuration reloaded from %s: %s",
+        path,
+        done,
+        extra=fields(event="reload", ok=True, applied=list(outcome.applied), restart=list(outcome.restart)),
+    )
+    for name in outcome.restart:
+        log.warning("'%s' changed: takes effect after a restart", name, extra=fields(event="reload_needs_restart"))
+
+
+def config_check(args: argparse.Namespace) -> int:
+    """Every error and warning of a configuration, without using it (Ansible's `validate:` before a file is
+    put in place): one `error: ...` or `warning: ...` line each on stderr, a summary on stdout; exit 2 only
+    for errors, 0 with warnings."""
+    from edge.config_check import as_dict, check_file
+
+    report = check_file(args.config_file, args.inventory)
+    if args.json:
+        _json_line(dict(as_dict(report)))
+    else:
+        for severity, lines in (("error", report.errors), ("warning", report.warnings)):
+            for line in lines:
+                print(f"{severity}: {line}", file=sys.stderr)
+        counts = f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+        verdict = "configuration refused" if report.errors else "configuration valid"
+        print(f"{report.file}: {verdict} ({counts})")
+    return report.exit_code
 
 
 def version_text() -> str:
@@ -421,10 +467,24 @@ def main(argv: list[str] | None = None) -> int:
     p_engine.add_argument(
         "--root", type=Path, default=Path("engines/lumbar-resunet"), help="engines directory (default: %(default)s)"
     )
-    p_config_check = sub.add_parser("config-check", help="validate a site configuration; exit 2 naming a bad key")
-    p_config_check.add_argument("file", type=Path, metavar="SITE.toml")
+    p_config_check = sub.add_parser(
+        "config-check",
+        help="every error (exit 2) and warning (exit 0: defaults a site must change) of a site configuration",
+    )
+    p_config_check.add_argument("file", type=Path, nargs="?", metavar="SITE.toml")
+    p_config_check.add_argument("--config", type=Path, metavar="SITE.toml", help="the same as SITE.toml")
+    p_config_check.add_argument(
+        "--inventory",
+        type=Path,
+        metavar="INVENTORY",
+        help="an Ansible inventory (YAML, e.g. ansible/inventory/example): warn when another device has this"
+        " device's dicom.ae_title",
+    )
+    p_config_check.add_argument("--json", action="store_true", help="one JSON object: file, valid, errors, warnings")
     p_probe = sub.add_parser("probe", help="health gate: a known image through the running daemon, verdict checked")
     add_probe_arguments(p_probe)
+    p_report = sub.add_parser("report", help="reject and exposure report (CSV or HTML) from the verdict history")
+    add_report_arguments(p_report)
     p_doctor = sub.add_parser("doctor", help="is this device ready? each check pass/fail/skip with the fix")
     p_doctor.add_argument("--config", type=Path, help="site configuration (default: /etc/edge-qc/site.toml if present)")
     p_doctor.add_argument("--json", action="store_true", help="one JSON object: checks (name, status, detail, fix)")
@@ -435,11 +495,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "config-check":
+        if (args.file is None) == (args.config is None):
+            parser.error("config-check needs one configuration: SITE.toml or --config SITE.toml")
+        args.config_file = args.file or args.config
         return config_check(args)
     if args.command == "probe":
         from edge.probe import main as probe
 
         return probe(args)
+    if args.command == "report":
+        from edge.report import main as report
+
+        return report(args)
     if args.command == "doctor":
         from edge.doctor import main as doctor
 

@@ -25,10 +25,10 @@ import dataclasses
 import ipaddress
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -88,6 +88,8 @@ INT_RANGES: Final[dict[str, tuple[int, int | None]]] = {
     "writeback.retry_max_s": (1, 86400),  # and at least writeback.retry_initial_s
     "writeback.max_queue_rows": (1, 1000000),
     "writeback.max_queue_bytes": (1048576, None),
+    "history.retention_days": (1, 3650),
+    "history.max_rows": (1000, 100000000),
 }
 # Said after a range error where the range alone would puzzle.
 _RANGE_NOTES: Final[dict[str, str]] = {
@@ -101,7 +103,40 @@ TOPIC_MAX_BYTES: Final = 65535
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file and the key."""
+    """A configuration that cannot be used; each problem names the file and the key.
+
+    Validation goes on past the first problem, so that `edge-qc config-check` lists them all: `problems`
+    holds every one, and the message is all of them, one a line."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = problems
+
+
+_T = TypeVar("_T")
+
+
+class _Found:
+    """The problems found so far: a check that fails adds its problems and gives its fallback (the
+    default), so that the checks after it still run."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, problem: str) -> None:
+        self.problems.append(problem)
+
+    def attempt(self, fallback: _T, check: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return check(*args)
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            return fallback
+
+    def table(self, data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+        """`data[key]`, a table; when it is not one, the problem and an empty table."""
+        empty: dict[str, Any] = {}
+        return self.attempt(empty, _table, data, key, where)
 
 
 @dataclass(frozen=True)
@@ -191,7 +226,7 @@ class MqttConfig:
 class MetricsConfig:
     enabled: bool = True
     bind: str = "127.0.0.1"
-    port: int = 9108  # /metrics, /healthz, /readyz
+    port: int = 8627  # /metrics, /healthz, /readyz, /room; outside Prometheus's 9100-9999 exporter range
 
 
 @dataclass(frozen=True)
@@ -222,6 +257,17 @@ class RoomConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The verdict history on the device (edge.history): one PHI-free row per committed verdict, for
+    `edge-qc report`; bounded by age and by rows."""
+
+    enabled: bool = True
+    path: Path | None = None  # SQLite (WAL); None: history.sqlite beside service.outbox_path
+    retention_days: int = 400  # a year of monthly reject analysis, plus a month
+    max_rows: int = 1000000  # the oldest go first beyond this
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     spool_dir: Path = Path("/var/lib/edge-qc/spool")
     outbox_path: Path = Path("/var/lib/edge-qc/outbox.sqlite")
@@ -244,6 +290,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     room: RoomConfig = field(default_factory=RoomConfig)
     writeback: WritebackConfig = field(default_factory=WritebackConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     source: str = "<defaults>"
 
 
@@ -255,9 +302,10 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
 
 
 def _reject_unknown(table: Mapping[str, Any], allowed: set[str], prefix: str, where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{prefix}{key}' (allowed: {', '.join(sorted(allowed))})")
+    unknown = [key for key in table if key not in allowed]
+    if unknown:
+        names = ", ".join(sorted(allowed))
+        raise ConfigError(*(f"{where}: unknown key '{prefix}{key}' (allowed: {names})" for key in unknown))
 
 
 def _number(value: object, key: str, where: str, positive: bool = True) -> float:
@@ -342,32 +390,44 @@ def _topic(mqtt: MqttConfig, key: str, where: str) -> str:
     return topic
 
 
-def _typed_section(data: Mapping[str, Any], name: str, cls: type[Any], where: str, base: Path) -> Any:
-    """A flat table checked against a dataclass: unknown keys and wrong types name the key."""
-    table = _table(data, name, where)
+def _typed_value(default: object, value: object, dotted: str, where: str, base: Path) -> Any:
+    """One key's value checked against the type of its default."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{dotted}' must be true or false, got {_shown(dotted, value)}")
+    elif isinstance(default, int):
+        value = _integer(value, dotted, where)
+    elif isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            shown = _shown(dotted, value)
+            raise ConfigError(f"{where}: '{dotted}' must be a list of non-empty strings, got {shown}")
+        value = tuple(value)
+    elif isinstance(default, Path):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: '{dotted}' must be a non-empty path string, got {_shown(dotted, value)}")
+        value = base / value
+    elif not isinstance(value, str):
+        raise ConfigError(f"{where}: '{dotted}' must be a string, got {_shown(dotted, value)}")
+    return value
+
+
+def _typed_section(
+    data: Mapping[str, Any], name: str, cls: type[Any], where: str, base: Path, found: _Found | None = None
+) -> Any:
+    """A flat table checked against a dataclass: unknown keys and wrong types name the key. Problems go
+    to `found` (a refused key keeps its default), or without it are raised together."""
+    mine = _Found() if found is None else found
+    table = mine.table(data, name, where)
     defaults = cls()
     fields = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(cls)}
-    _reject_unknown(table, set(fields), f"{name}.", where)
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        default, dotted = fields[key], f"{name}.{key}"
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}: '{dotted}' must be true or false, got {_shown(dotted, value)}")
-        elif isinstance(default, int):
-            value = _integer(value, dotted, where)
-        elif isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                shown = _shown(dotted, value)
-                raise ConfigError(f"{where}: '{dotted}' must be a list of non-empty strings, got {shown}")
-            value = tuple(value)
-        elif isinstance(default, Path):
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"{where}: '{dotted}' must be a non-empty path string, got {_shown(dotted, value)}")
-            value = base / value
-        elif not isinstance(value, str):
-            raise ConfigError(f"{where}: '{dotted}' must be a string, got {_shown(dotted, value)}")
-        values[key] = value
+    mine.attempt(None, _reject_unknown, table, set(fields), f"{name}.", where)
+    values = {
+        key: mine.attempt(fields[key], _typed_value, fields[key], value, f"{name}.{key}", where, base)
+        for key, value in table.items()
+        if key in fields
+    }
+    if found is None and mine.problems:
+        raise ConfigError(*mine.problems)
     return dataclasses.replace(defaults, **values)
 
 
@@ -389,85 +449,118 @@ def _model_folder(value: object, where: str, base: Path) -> Path:
     return path
 
 
-def _dicom(dicom: DicomConfig, where: str) -> DicomConfig:
+def _dicom(dicom: DicomConfig, where: str, found: _Found) -> DicomConfig:
     """The checks of [dicom] beyond types and ranges: AE titles (without padding), bind, slot limits."""
-    def titles(key: str) -> tuple[str, ...]:
-        return tuple(_ae_title(v, f"dicom.{key}[{i}]", where) for i, v in enumerate(getattr(dicom, key)))
+    defaults = DicomConfig()
 
-    ae_title = _ae_title(dicom.ae_title, "dicom.ae_title", where)
+    def titles(key: str) -> tuple[str, ...]:
+        values = enumerate(getattr(dicom, key))
+        checked = (found.attempt("", _ae_title, v, f"dicom.{key}[{i}]", where) for i, v in values)
+        return tuple(title for title in checked if title)
+
+    ae_title = found.attempt(defaults.ae_title, _ae_title, dicom.ae_title, "dicom.ae_title", where)
     allowed, probes = titles("allowed_calling_aets"), titles("probe_calling_aets")
-    _ip_literal(dicom.bind, "dicom.bind", where)
+    bind = found.attempt(defaults.bind, _ip_literal, dicom.bind, "dicom.bind", where)
     if dicom.max_associations_per_address > dicom.max_associations:
-        raise ConfigError(
+        found.add(
             f"{where}: 'dicom.max_associations_per_address' ({dicom.max_associations_per_address}) must not be"
             f" more than 'dicom.max_associations' ({dicom.max_associations})"
         )
-    return dataclasses.replace(dicom, ae_title=ae_title, allowed_calling_aets=allowed, probe_calling_aets=probes)
+    return dataclasses.replace(
+        dicom, ae_title=ae_title, bind=bind, allowed_calling_aets=allowed, probe_calling_aets=probes
+    )
 
 
-def _topics(mqtt: MqttConfig, where: str) -> None:
+def _topics(mqtt: MqttConfig, where: str, found: _Found) -> MqttConfig:
     """The verdict and status topics: valid PUBLISH topic names, from topic parts without MQTT's
-    separator or wildcards, and not the same topic."""
+    separator or wildcards, and not the same topic. A refused part or topic keeps its default."""
+    defaults, parts = MqttConfig(), {}
     for part in ("site", "room", "device"):
         value = getattr(mqtt, part)
         bad = [c for c in ("+", "#", "/") if c in value]
         if bad:
             refused = " or ".join(map(repr, bad))
-            raise ConfigError(f"{where}: 'mqtt.{part}' is a topic level and must not contain {refused}, got {value!r}")
-    if _topic(mqtt, "topic", where) == _topic(mqtt, "status_topic", where):
-        raise ConfigError(
+            found.add(f"{where}: 'mqtt.{part}' is a topic level and must not contain {refused}, got {value!r}")
+            parts[part] = getattr(defaults, part)
+    mqtt = dataclasses.replace(mqtt, **parts)
+    topic = found.attempt(None, _topic, mqtt, "topic", where)
+    status = found.attempt(None, _topic, mqtt, "status_topic", where)
+    if topic is not None and topic == status:
+        found.add(
             f"{where}: 'mqtt.status_topic' must differ from 'mqtt.topic' (both are {mqtt.verdict_topic!r}):"
             " subscribers would take the retained online/offline status for a verdict"
         )
+    return mqtt
 
 
-def _tls_files(dicom: DicomConfig, where: str, base: Path) -> DicomConfig:
+def _files(section: Any, name: str, keys: tuple[str, ...], where: str, base: Path, found: _Found) -> Any:
+    """Files a section names (TLS certificates and keys): resolved against the configuration's folder and
+    present; a missing one is a problem naming its key, and left unset."""
+    resolved: dict[str, Any] = {}
+    for key in keys:
+        value = getattr(section, key)
+        if value:
+            path = base / value
+            if path.is_file():
+                resolved[key] = str(path)
+            else:
+                found.add(f"{where}: '{name}.{key}': no such file {path}")
+                resolved[key] = ""
+    return dataclasses.replace(section, **resolved)
+
+
+def _tls_files(dicom: DicomConfig, where: str, base: Path, found: _Found) -> DicomConfig:
     """DICOM TLS files: resolved against the configuration's folder, present, and complete."""
     if bool(dicom.tls_certfile) != bool(dicom.tls_keyfile):
         missing = "tls_keyfile" if dicom.tls_certfile else "tls_certfile"
-        raise ConfigError(f"{where}: 'dicom.{missing}' is required: TLS needs a certificate and its key")
+        found.add(f"{where}: 'dicom.{missing}' is required: TLS needs a certificate and its key")
     if dicom.tls_ca_certs and not dicom.tls_certfile:
-        raise ConfigError(f"{where}: 'dicom.tls_ca_certs' needs 'dicom.tls_certfile' and 'dicom.tls_keyfile'")
-    resolved: dict[str, Any] = {}
-    for key in ("tls_certfile", "tls_keyfile", "tls_ca_certs"):
-        value = getattr(dicom, key)
-        if value:
-            path = base / value
-            if not path.is_file():
-                raise ConfigError(f"{where}: 'dicom.{key}': no such file {path}")
-            resolved[key] = str(path)
-    return dataclasses.replace(dicom, **resolved)
+        found.add(f"{where}: 'dicom.tls_ca_certs' needs 'dicom.tls_certfile' and 'dicom.tls_keyfile'")
+    checked: DicomConfig = _files(dicom, "dicom", ("tls_certfile", "tls_keyfile", "tls_ca_certs"), where, base, found)
+    return checked
 
 
-def _writeback(writeback: WritebackConfig, where: str, base: Path) -> WritebackConfig:
+def _writeback(writeback: WritebackConfig, where: str, base: Path, found: _Found) -> WritebackConfig:
     """The checks of [writeback] beyond types and ranges: a destination when enabled, AE titles, the
     queue's path (given as a string: its default is beside the outbox), a backoff that grows."""
     queue_path: object = writeback.queue_path
     if queue_path is not None:
         if not isinstance(queue_path, str) or not queue_path:
-            raise ConfigError(f"{where}: 'writeback.queue_path' must be a non-empty path string, got {queue_path!r}")
-        queue_path = base / queue_path
+            found.add(f"{where}: 'writeback.queue_path' must be a non-empty path string, got {queue_path!r}")
+            queue_path = None
+        else:
+            queue_path = base / queue_path
     if writeback.enabled:
         for key in ("host", "called_ae"):
             if not getattr(writeback, key).strip():
-                raise ConfigError(f"{where}: 'writeback.{key}' is required when 'writeback.enabled' is true")
+                found.add(f"{where}: 'writeback.{key}' is required when 'writeback.enabled' is true")
         if not writeback.structured_report:
-            raise ConfigError(
+            found.add(
                 f"{where}: 'writeback.structured_report' is false and nothing else can be written back yet:"
                 " set 'writeback.enabled' to false instead"
             )
     called, calling = (
-        _ae_title(value, f"writeback.{key}", where) if value else ""
+        found.attempt("", _ae_title, value, f"writeback.{key}", where) if value else ""
         for key, value in (("called_ae", writeback.called_ae), ("calling_ae", writeback.calling_ae))
     )
     if writeback.retry_max_s < writeback.retry_initial_s:
-        raise ConfigError(
+        found.add(
             f"{where}: 'writeback.retry_max_s' ({writeback.retry_max_s}) must not be less than"
             f" 'writeback.retry_initial_s' ({writeback.retry_initial_s})"
         )
     return dataclasses.replace(
         writeback, host=writeback.host.strip(), called_ae=called, calling_ae=calling, queue_path=queue_path
     )
+
+
+def _history(history: HistoryConfig, where: str, base: Path) -> HistoryConfig:
+    """[history]'s path, given as a string (its default is beside the outbox), resolved like every path."""
+    path: object = history.path
+    if path is None:
+        return history
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{where}: 'history.path' must be a non-empty path string, got {path!r}")
+    return dataclasses.replace(history, path=base / path)
 
 
 def _secret(section: str, key: str, value: str, environ: Mapping[str, str], where: str) -> str:
@@ -491,9 +584,126 @@ def _secret(section: str, key: str, value: str, environ: Mapping[str, str], wher
     return environ.get(SECRETS[(section, key)], "")
 
 
-def _with_secrets(section: Any, name: str, environ: Mapping[str, str], where: str) -> Any:
-    found = {key: _secret(name, key, getattr(section, key), environ, where) for (sec, key) in SECRETS if sec == name}
-    return dataclasses.replace(section, **found)
+def _with_secrets(section: Any, name: str, environ: Mapping[str, str], where: str, found: _Found) -> Any:
+    secrets = {
+        key: found.attempt("", _secret, name, key, getattr(section, key), environ, where)
+        for (sec, key) in SECRETS
+        if sec == name
+    }
+    return dataclasses.replace(section, **secrets)
+
+
+def _model(data: Mapping[str, Any], where: str, base: Path, found: _Found) -> ModelConfig:
+    """[model]: a refused key keeps its default."""
+    defaults = ModelConfig()
+    model_t = found.table(data, "model", where)
+    found.attempt(None, _reject_unknown, model_t, {"path", "backend", "threads", "engine", "fallback"}, "model.", where)
+    path = defaults.path
+    if "path" in model_t:
+        path = found.attempt(defaults.path, _model_folder, model_t["path"], where, base)
+    backend = model_t.get("backend", defaults.backend)
+    if backend not in BACKENDS:
+        found.add(f"{where}: 'model.backend' must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        backend = defaults.backend
+    threads = model_t.get("threads", defaults.threads)
+    threads = found.attempt(defaults.threads, _integer, threads, "model.threads", where)
+    engine = None
+    if "engine" in model_t:
+        if not isinstance(model_t["engine"], str) or not model_t["engine"]:
+            found.add(f"{where}: 'model.engine' must be a non-empty path string")
+        else:
+            engine = base / model_t["engine"]
+    elif backend == "tensorrt":
+        found.add(f"{where}: 'model.engine' is required when 'model.backend' is \"tensorrt\"")
+    fallback = model_t.get("fallback", defaults.fallback)
+    if not isinstance(fallback, bool):
+        found.add(f"{where}: 'model.fallback' must be true or false, got {fallback!r}")
+        fallback = defaults.fallback
+    return ModelConfig(path=path, backend=backend, threads=threads, engine=engine, fallback=fallback)
+
+
+def _qc(data: Mapping[str, Any], where: str, base: Path, found: _Found) -> QcConfig:
+    """[qc] as data: view names, items and their keys are the QC standard's to check
+    (edge.qc.standard.site_standard), the catalogue's contents edge.qc.words'."""
+    qc_t = found.table(data, "qc", where)
+    keys = {"standard", "target_exposure_index", "overrides", "language", "catalogue"}
+    found.attempt(None, _reject_unknown, qc_t, keys, "qc.", where)
+    language = qc_t.get("language", "en")
+    if language not in LANGUAGES:
+        found.add(f"{where}: 'qc.language' must be one of {', '.join(LANGUAGES)}, got {language!r}")
+        language = "en"
+    catalogue = None
+    if qc_t.get("catalogue", ""):
+        if not isinstance(qc_t["catalogue"], str) or not qc_t["catalogue"].endswith(".mo"):
+            found.add(f"{where}: 'qc.catalogue' must be the path of a compiled catalogue (.mo)")
+        else:
+            catalogue = base / qc_t["catalogue"]
+    standard = None
+    if qc_t.get("standard"):
+        if not isinstance(qc_t["standard"], str):
+            found.add(f"{where}: 'qc.standard' must be a path string")
+        else:
+            standard = base / qc_t["standard"]
+    targets: dict[str, float] = {}
+    for view, value in found.table(qc_t, "target_exposure_index", where).items():
+        target = found.attempt(None, _number, value, f"qc.target_exposure_index.{view}", where)
+        if target is not None:
+            targets[view] = target
+    overrides: dict[str, dict[str, dict[str, float | int | str]]] = {}
+    for view, items in found.table(qc_t, "overrides", where).items():
+        if not isinstance(items, dict):
+            found.add(f"{where}: 'qc.overrides.{view}' must be a table of items")
+            continue
+        for item, params in items.items():
+            if not isinstance(params, dict):
+                found.add(f"{where}: 'qc.overrides.{view}.{item}' must be a table")
+                continue
+            overrides.setdefault(view, {})[item] = dict(params)
+    return QcConfig(standard, targets, overrides, language, catalogue)
+
+
+def checked_config(
+    data: Mapping[str, Any],
+    where: str = "<config>",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Config, tuple[str, ...]]:
+    """Every problem of parsed TOML, and the configuration with the default in place of each refused
+    value (what `edge-qc config-check` judges the rest of the file by); secrets left empty in the TOML
+    come from `environ` (default: os.environ)."""
+    environ = os.environ if environ is None else environ
+    found = _Found()
+    sections = {f.name for f in dataclasses.fields(Config) if f.name != "source"}
+    found.attempt(None, _reject_unknown, data, sections, "", where)
+    base = base_dir or Path.cwd()
+    model = _model(data, where, base, found)
+    qc = _qc(data, where, base, found)
+    dicom = _dicom(_typed_section(data, "dicom", DicomConfig, where, base, found), where, found)
+    dicom = _with_secrets(_tls_files(dicom, where, base, found), "dicom", environ, where, found)
+    mqtt = _with_secrets(_typed_section(data, "mqtt", MqttConfig, where, base, found), "mqtt", environ, where, found)
+    mqtt = _topics(_files(mqtt, "mqtt", ("ca_certs", "certfile", "keyfile"), where, base, found), where, found)
+    service = _typed_section(data, "service", ServiceConfig, where, base, found)
+    metrics = _typed_section(data, "metrics", MetricsConfig, where, base, found)
+    metrics_bind = found.attempt(MetricsConfig().bind, _ip_literal, metrics.bind, "metrics.bind", where)
+    metrics = dataclasses.replace(metrics, bind=metrics_bind)
+    room = _typed_section(data, "room", RoomConfig, where, base, found)
+    writeback = _writeback(_typed_section(data, "writeback", WritebackConfig, where, base, found), where, base, found)
+    history = found.attempt(
+        HistoryConfig(), _history, _typed_section(data, "history", HistoryConfig, where, base, found), where, base
+    )
+    config = Config(
+        model=model,
+        qc=qc,
+        dicom=dicom,
+        mqtt=mqtt,
+        service=service,
+        metrics=metrics,
+        room=room,
+        writeback=writeback,
+        history=history,
+        source=where,
+    )
+    return config, tuple(found.problems)
 
 
 def parse_config(
@@ -502,93 +712,48 @@ def parse_config(
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Validate parsed TOML; secrets left empty there come from `environ` (default: os.environ)."""
-    environ = os.environ if environ is None else environ
-    _reject_unknown(data, {"model", "qc", "dicom", "mqtt", "service", "metrics", "room", "writeback"}, "", where)
-    model_t = _table(data, "model", where)
-    _reject_unknown(model_t, {"path", "backend", "threads", "engine", "fallback"}, "model.", where)
-    base = base_dir or Path.cwd()
-    model = ModelConfig()
-    if "path" in model_t:
-        model = ModelConfig(path=_model_folder(model_t["path"], where, base))
-    backend = model_t.get("backend", model.backend)
-    if backend not in BACKENDS:
-        raise ConfigError(f"{where}: 'model.backend' must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    threads = _integer(model_t.get("threads", model.threads), "model.threads", where)
-    engine = None
-    if "engine" in model_t:
-        if not isinstance(model_t["engine"], str) or not model_t["engine"]:
-            raise ConfigError(f"{where}: 'model.engine' must be a non-empty path string")
-        engine = base / model_t["engine"]
-    if backend == "tensorrt" and engine is None:
-        raise ConfigError(f"{where}: 'model.engine' is required when 'model.backend' is \"tensorrt\"")
-    fallback = model_t.get("fallback", True)
-    if not isinstance(fallback, bool):
-        raise ConfigError(f"{where}: 'model.fallback' must be true or false, got {fallback!r}")
-    model = ModelConfig(path=model.path, backend=backend, threads=threads, engine=engine, fallback=fallback)
-
-    qc_t = _table(data, "qc", where)
-    _reject_unknown(qc_t, {"standard", "target_exposure_index", "overrides", "language", "catalogue"}, "qc.", where)
-    language = qc_t.get("language", "en")
-    if language not in LANGUAGES:
-        raise ConfigError(f"{where}: 'qc.language' must be one of {', '.join(LANGUAGES)}, got {language!r}")
-    catalogue = None
-    if qc_t.get("catalogue", ""):
-        if not isinstance(qc_t["catalogue"], str) or not qc_t["catalogue"].endswith(".mo"):
-            raise ConfigError(f"{where}: 'qc.catalogue' must be the path of a compiled catalogue (.mo)")
-        catalogue = base / qc_t["catalogue"]
-    standard = None
-    if qc_t.get("standard"):
-        if not isinstance(qc_t["standard"], str):
-            raise ConfigError(f"{where}: 'qc.standard' must be a path string")
-        standard = base / qc_t["standard"]
-    # View names, items and their keys are the QC standard's to check (edge.qc.standard.site_standard)
-    targets_t = _table(qc_t, "target_exposure_index", where)
-    targets = {view: _number(v, f"qc.target_exposure_index.{view}", where) for view, v in targets_t.items()}
-    overrides_t = _table(qc_t, "overrides", where)
-    overrides: dict[str, dict[str, dict[str, float | int | str]]] = {}
-    for view, items in overrides_t.items():
-        if not isinstance(items, dict):
-            raise ConfigError(f"{where}: 'qc.overrides.{view}' must be a table of items")
-        for item, params in items.items():
-            if not isinstance(params, dict):
-                raise ConfigError(f"{where}: 'qc.overrides.{view}.{item}' must be a table")
-            overrides.setdefault(view, {})[item] = dict(params)
-    dicom = _dicom(_typed_section(data, "dicom", DicomConfig, where, base), where)
-    dicom = _with_secrets(_tls_files(dicom, where, base), "dicom", environ, where)
-    mqtt = _with_secrets(_typed_section(data, "mqtt", MqttConfig, where, base), "mqtt", environ, where)
-    _topics(mqtt, where)
-    service = _typed_section(data, "service", ServiceConfig, where, base)
-    metrics = _typed_section(data, "metrics", MetricsConfig, where, base)
-    _ip_literal(metrics.bind, "metrics.bind", where)
-    room = _typed_section(data, "room", RoomConfig, where, base)
-    writeback = _writeback(_typed_section(data, "writeback", WritebackConfig, where, base), where, base)
-    return Config(
-        model=model,
-        qc=QcConfig(standard, targets, overrides, language, catalogue),
-        dicom=dicom,
-        mqtt=mqtt,
-        service=service,
-        metrics=metrics,
-        room=room,
-        writeback=writeback,
-        source=where,
-    )
+    """Validate parsed TOML, raising one ConfigError with every problem; secrets left empty there come
+    from `environ` (default: os.environ)."""
+    config, problems = checked_config(data, where, base_dir, environ)
+    if problems:
+        raise ConfigError(*problems)
+    return config
 
 
-def load_config(path: Path | None) -> Config:
-    """Read and validate a configuration file; None gives the defaults."""
-    if path is None:
-        return Config()
+def read_config(path: Path) -> tuple[Config | None, tuple[str, ...]]:
+    """A configuration file's `checked_config`; None and the one problem when the file cannot be read
+    or is not TOML."""
     try:
         text = path.read_text("utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+        return None, (f"{path}: cannot read the configuration: {exc.strerror}",)
+    except UnicodeDecodeError:
+        return None, (f"{path}: cannot read the configuration: not UTF-8 text",)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    return parse_config(data, str(path), path.resolve().parent)
+        return None, (f"{path}: {exc}",)
+    return checked_config(data, str(path), path.resolve().parent)
 
 
-__all__ = ["Config", "ConfigError", "ModelConfig", "QcConfig", "load_config", "parse_config"]
+def load_config(path: Path | None) -> Config:
+    """Read and validate a configuration file, raising one ConfigError with every problem; None gives
+    the defaults."""
+    if path is None:
+        return Config()
+    config, problems = read_config(path)
+    if config is None or problems:
+        raise ConfigError(*problems)
+    return config
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ModelConfig",
+    "QcConfig",
+    "checked_config",
+    "load_config",
+    "parse_config",
+    "read_config",
+]

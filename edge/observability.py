@@ -3,24 +3,114 @@
 Conventions: the `edgeqc_` prefix, base units (`_seconds`), `_total` for counters, low-cardinality
 labels only (view, verdict, item, reason, stage: never a UID). Events are counted where they happen
 (the verdict, the publish acknowledgement), not reconstructed from scraped gauges. Jetson health is
-read from sysfs at scrape time where the files exist and is simply absent elsewhere.
+read from sysfs at scrape time where the files exist and is simply absent elsewhere. No `_created`
+series (they double the series count and no rule or panel reads them). /metrics is prometheus-client's
+own handler (gzip, OpenMetrics by Accept, `name[]` filters).
 """
 
 from __future__ import annotations
 
+import calendar
+import logging
+import platform
+import re
 import socket
+import ssl
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    MetricsHandler,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+log = logging.getLogger("edge.observability")
+
 STAGE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 2.0, 5.0)
-DI_BUCKETS: Final = (-4.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
+# Bounds of the exposure ratio EI / EI_T at DI -4 .. +4 (DI = 10 log10 ratio, IEC 62494-1): the
+# ratio is positive, so the histogram's sum and rates mean something, and a quantile of the ratio maps
+# to a DI quantile through the log. The monitoring pack's promtool tests use these bounds as printed.
+DI_RATIO_BUCKETS: Final = tuple(10 ** (d / 10) for d in (-4, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 4))
+# Why a sender was turned away (edge.dicom.scp classifies: the same tuple there), each counted from zero.
+REFUSAL_REASONS: Final = ("unknown_calling_aet", "wrong_called_aet", "address_not_allowed", "tls", "too_many", "other")
+
+
+def exposure_ratio(exposure: Mapping[str, Any] | None) -> float | None:
+    """EI / EI_T of a verdict's `exposure` object; from the DI (10^(DI/10)) where only that is known;
+    None where neither is."""
+    if not exposure:
+        return None
+    ei, target, di = (exposure.get(k) for k in ("exposure_index", "target_exposure_index", "deviation_index"))
+    if isinstance(ei, int | float) and isinstance(target, int | float) and ei > 0 and target > 0:
+        return float(ei) / float(target)
+    if isinstance(di, int | float):
+        return float(10 ** (di / 10))
+    return None
+
+
+_PEM_CERTIFICATE: Final = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _der(data: bytes, at: int) -> tuple[int, int, int]:
+    """One DER element at `at`: its tag, where its content starts and where it ends."""
+    tag, first = data[at], data[at + 1]
+    start = at + 2
+    if first < 0x80:
+        return tag, start, start + first
+    count = first & 0x7F
+    length = int.from_bytes(data[start : start + count], "big")
+    return tag, start + count, start + count + length
+
+
+def _asn1_time(tag: int, text: str) -> float:
+    """UTCTime (YYMMDDHHMMSSZ, 1950-2049 per RFC 5280) or GeneralizedTime (YYYYMMDDHHMMSSZ), unix seconds."""
+    if tag == 0x17:
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    if not text.endswith("Z") or len(text) != 15:
+        raise ValueError(f"time {text!r} is not in UTC as RFC 5280 requires")
+    return float(calendar.timegm(time.strptime(text[:14], "%Y%m%d%H%M%S")))
+
+
+def certificate_not_after(der: bytes) -> float:
+    """notAfter of an X.509 certificate (DER), unix seconds: read with a minimal DER walk (Certificate ->
+    tbsCertificate -> [version], serial, signature, issuer, validity), so that no X.509 package has to
+    ship to the device for one date."""
+    _, tbs, _ = _der(der, 0)  # Certificate SEQUENCE
+    _, at, _ = _der(der, tbs)  # tbsCertificate SEQUENCE: its first element
+    if der[at] == 0xA0:  # [0] version (absent in a v1 certificate)
+        at = _der(der, at)[2]
+    for _ in range(3):  # serialNumber, signature, issuer
+        at = _der(der, at)[2]
+    _, validity, _ = _der(der, at)
+    not_before_end = _der(der, validity)[2]
+    tag, start, end = _der(der, not_before_end)
+    return _asn1_time(tag, der[start:end].decode("ascii"))
+
+
+def certificate_file_expiry(path: Path) -> float:
+    """The earliest notAfter of the PEM certificates in a file (a CA bundle holds several; the first to
+    expire is the one to renew), unix seconds. Raises ValueError for a file with none."""
+    blocks = _PEM_CERTIFICATE.findall(path.read_text(errors="replace"))
+    if not blocks:
+        raise ValueError(f"{path}: no PEM certificate")
+    try:
+        return min(certificate_not_after(ssl.PEM_cert_to_DER_cert(block)) for block in blocks)
+    except (IndexError, UnicodeDecodeError) as exc:  # a truncated or garbled certificate
+        raise ValueError(f"{path}: not a readable X.509 certificate") from exc
 
 
 class JetsonHealth(Collector):
@@ -68,8 +158,18 @@ class JetsonHealth(Collector):
         yield power
 
 
+def package_version() -> str:
+    """The installed edge-qc package's version ("unknown" from a checkout that was never installed)."""
+    try:
+        return version("edge-qc")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, sysfs_root: Path = Path("/")) -> None:
+        # process-wide in prometheus-client (read at scrape time): every registry here goes without them
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry = registry or CollectorRegistry()
         self.stage_seconds = Histogram(
             "edgeqc_stage_duration_seconds", "Time per pipeline stage", ["stage"], registry=r, buckets=STAGE_BUCKETS
@@ -100,8 +200,51 @@ class Metrics:
         self.item_failures = Counter("edgeqc_item_failures_total", "Failed QC items", ["view", "item"], registry=r)
         self.publish_failures = Counter("edgeqc_publish_failures_total", "Publishes not acknowledged", registry=r)
         self.associations = Counter("edgeqc_associations_total", "DICOM associations", ["result"], registry=r)
-        self.deviation_index = Histogram(
-            "edgeqc_deviation_index", "Exposure deviation index per view", ["view"], registry=r, buckets=DI_BUCKETS
+        self.associations_refused = Counter(
+            "edgeqc_associations_refused_total",
+            "DICOM associations and connections refused, by reason: " + ", ".join(REFUSAL_REASONS),
+            ["reason"],
+            registry=r,
+        )
+        for reason in REFUSAL_REASONS:
+            self.associations_refused.labels(reason)  # each reason from zero, so increase() sees the first
+        self.exposure_ratio = Histogram(
+            "edgeqc_exposure_index_ratio",
+            "Exposure index over the target exposure index (EI/EI_T) per view of images judged pass or fail,"
+            " as the verdict states them (10^(DI/10) where only the DI is known); DI = 10 log10(ratio)",
+            ["view"],
+            registry=r,
+            buckets=DI_RATIO_BUCKETS,
+        )
+        self.ready = Gauge("edgeqc_ready", "1 when /readyz answers 200 (computed at scrape time)", registry=r)
+        self.broker_connected = Gauge("edgeqc_broker_connected", "1 while connected to the MQTT broker", registry=r)
+        self.last_verdict = Gauge(
+            "edgeqc_last_verdict_timestamp_seconds",
+            "When the last clinical verdict was committed (unix time; health probes do not count)",
+            registry=r,
+        )
+        self.spool_free_bytes = Gauge(
+            "edgeqc_spool_free_bytes", "Free space on the spool's filesystem (at scrape time)", registry=r
+        )
+        self.certificate_expiry = Gauge(
+            "edgeqc_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of each configured certificate file (the earliest in a bundle), read at start and on reload",
+            ["certificate"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "edgeqc_build_info", "The running edge-qc build (always 1)", ["version", "python", "machine"], registry=r
+        )
+        self.build_info.labels(package_version(), platform.python_version(), platform.machine()).set(1)
+        self.reload_success = Gauge(
+            "edgeqc_config_last_reload_success",
+            "1 when the last configuration load (start or SIGHUP reload) was applied, 0 when refused",
+            registry=r,
+        )
+        self.reload_timestamp = Gauge(
+            "edgeqc_config_last_reload_timestamp_seconds",
+            "When the configuration was last loaded or a reload was tried (unix time)",
+            registry=r,
         )
         self.degraded = Gauge("edgeqc_degraded", "1 when judging with the fallback backend", registry=r)
         self.activation_failed = Gauge(
@@ -133,6 +276,29 @@ class Metrics:
         )
         r.register(JetsonHealth(sysfs_root))
 
+    def reload_result(self, ok: bool) -> None:
+        """A configuration load (at start) or reload (SIGHUP) was applied (True) or refused (False)."""
+        self.reload_success.set(1 if ok else 0)
+        self.reload_timestamp.set_to_current_time()
+
+    def association_refused(self, reason: str) -> None:
+        """One refused association or connection, with its reason (one of REFUSAL_REASONS)."""
+        self.associations_refused.labels(reason).inc()
+
+    def certificates(self, files: Mapping[str, str | Path]) -> None:
+        """Read the notAfter of each configured certificate file (name -> path; empty paths are not
+        configured): a file that cannot be read is logged and has no series (its TLS fails anyway)."""
+        self.certificate_expiry.clear()
+        for name, path in files.items():
+            if not str(path):
+                continue
+            try:
+                expiry = certificate_file_expiry(Path(path))
+            except (OSError, ValueError) as exc:
+                log.warning("certificate %s (%s): expiry not read: %s", name, path, exc)
+                continue
+            self.certificate_expiry.labels(name).set(expiry)
+
     def observe_verdict(self, verdict: dict[str, Any], probe: bool = False) -> None:
         """Count one verdict (the JSON of edge.qc.verdict) where it is made; a health probe's verdict
         only as a probe, so that rollouts do not move a room's reject rates or exposure figures."""
@@ -142,6 +308,7 @@ class Metrics:
         if probe:
             self.probes.labels(outcome).inc()
             return
+        self.last_verdict.set_to_current_time()
         if outcome == "rejected":
             self.rejected.labels(str(verdict.get("reason_code") or "unknown")).inc()
             return
@@ -151,9 +318,9 @@ class Metrics:
             self.indeterminate.labels(view, str(verdict.get("reason_code") or "unknown")).inc()
         for failed in verdict.get("failed", []):
             self.item_failures.labels(view, str(failed.get("item"))).inc()
-        exposure = verdict.get("items", {}).get("exposure_index", {})
-        if isinstance(exposure, dict) and isinstance(exposure.get("value"), int | float):
-            self.deviation_index.labels(view).observe(float(exposure["value"]))
+        ratio = exposure_ratio(verdict.get("exposure"))
+        if outcome in ("pass", "fail") and ratio is not None and ratio > 0:  # a lumbar view, judged
+            self.exposure_ratio.labels(view).observe(ratio)
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))
@@ -164,29 +331,48 @@ class Metrics:
 HTTP_IDLE_S: Final = 10.0
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(MetricsHandler):
+    """/metrics by prometheus-client's own MetricsHandler (its `registry`: content negotiation, gzip,
+    `name[]`), the probes (GET and HEAD) here, any other path by `routes`."""
+
     metrics: Metrics
     ready: Callable[[], tuple[bool, str]]
     routes: Callable[[BaseHTTPRequestHandler], bool] | None  # more pages (the room display): True when answered
     timeout = HTTP_IDLE_S  # a connection silent this long is closed (StreamRequestHandler sets it on the socket)
 
-    def do_GET(self) -> None:
-        if self.path == "/metrics":
-            self._send(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
-        elif self.path == "/healthz":
-            self._send(200, b"ok\n", "text/plain")
-        elif self.path == "/readyz":
-            ok, why = self.ready()
-            self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
-        elif self.routes is None or not self.routes(self):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name; ruff knows it on BaseHTTPRequestHandler only)
+        if urlsplit(self.path).path == "/metrics":
+            super().do_GET()
+        elif not self._probe(head=False) and (self.routes is None or not self.routes(self)):
             self._send(404, b"not found\n", "text/plain")
 
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
+        """The probes answer HEAD (a load balancer's or a monitor's check); other paths are GET only."""
+        if not self._probe(head=True):
+            self.send_response(405)
+            self.send_header("Allow", "GET")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    def _probe(self, head: bool) -> bool:
+        """/healthz (the process answers) and /readyz (ready to judge and deliver); False for other paths."""
+        path = urlsplit(self.path).path
+        if path == "/healthz":
+            self._send(200, b"ok\n", "text/plain", head)
+        elif path == "/readyz":
+            ok, why = self.ready()
+            self._send(200 if ok else 503, (why + "\n").encode(), "text/plain", head)
+        else:
+            return False
+        return True
+
+    def _send(self, code: int, body: bytes, content_type: str, head: bool = False) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not head:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -214,7 +400,11 @@ class MetricsServer:
         routes: Callable[[BaseHTTPRequestHandler], bool] | None = None,
     ) -> None:
         more = None if routes is None else staticmethod(routes)
-        handler = type("Handler", (_Handler,), {"metrics": metrics, "ready": staticmethod(ready), "routes": more})
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {"metrics": metrics, "registry": metrics.registry, "ready": staticmethod(ready), "routes": more},
+        )
         self._server = _Server((bind, port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 

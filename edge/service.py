@@ -25,11 +25,12 @@ from typing import Any, Final
 
 from edge.config import Config
 from edge.dicom.decode import accession_number, part10_meta
-from edge.dicom.scp import StorageScp
+from edge.dicom.scp import LIVE_SETTINGS, StorageScp
 from edge.dicom.spool import Arrival, Spool
+from edge.history import History
 from edge.observability import Metrics, MetricsServer
-from edge.pipeline import ReloadingPipeline, Result
-from edge.publish.message import message_id, verdict_message
+from edge.pipeline import ReloadingPipeline, Result, header_facts
+from edge.publish.message import message_id, verdict_log, verdict_message
 from edge.publish.mqtt import Publisher
 from edge.publish.outbox import Message, Outbox
 from edge.publish.writeback import Writeback, wanted
@@ -40,8 +41,37 @@ from edge.room import LABELS, OverlayRenderer, RoomFeed, display_event, handle
 from edge.systemd import Watchdog, notify
 
 log = logging.getLogger("edge.service")
+verdict_lines = logging.getLogger("edge.verdict")  # one PHI-free line per verdict (edge.publish.message.verdict_log)
 COMMIT_RETRY_S: Final = 5.0  # a verdict the outbox refused is judged again after this long
 IDLE_PEER_S: Final = 5.0  # an association that sent nothing for this long is idle (readiness)
+
+
+def certificate_files(config: Config) -> dict[str, str]:
+    """The certificate files a configuration names, by the `certificate` label of their expiry gauge
+    (empty where not configured)."""
+    return {
+        "dicom": config.dicom.tls_certfile,
+        "dicom_ca": config.dicom.tls_ca_certs,
+        "mqtt_client": config.mqtt.certfile,
+        "mqtt_ca": config.mqtt.ca_certs,
+    }
+
+
+def free_bytes(folder: Path) -> float:
+    """Free bytes on the filesystem holding `folder`; NaN where it cannot be read (the scrape goes on)."""
+    try:
+        return float(shutil.disk_usage(folder).free)
+    except OSError:
+        return float("nan")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reloaded:
+    """What a reload did: the settings it applied and those that wait for a restart (dotted names,
+    or a whole section)."""
+
+    applied: tuple[str, ...]
+    restart: tuple[str, ...]
 
 
 def room_labels(words: Words) -> dict[str, str]:
@@ -56,6 +86,8 @@ class Service:
         self.topic = mqtt.verdict_topic
         self.spool = Spool(config.service.spool_dir)
         self.outbox = Outbox(config.service.outbox_path)
+        # one PHI-free row per verdict for `edge-qc report` (edge.history); None: off, or it cannot be opened
+        self.history = History.open(config) if config.history.enabled else None
         self.pipeline = ReloadingPipeline(config)
         self.queue: queue.Queue[Arrival] = queue.Queue(maxsize=config.service.queue_size)
         self.metrics = Metrics()
@@ -71,6 +103,7 @@ class Service:
             self.spool,
             self._arrived,
             lambda result: self.metrics.associations.labels(result).inc(),
+            on_refused=self.metrics.association_refused,
         )
         self._announced: dict[str, str] = {}
         self._commit_problem = ""  # why the last verdict could not be committed ("" when it could)
@@ -78,6 +111,11 @@ class Service:
         self.metrics.queue_depth.set_function(self.queue.qsize)
         self.metrics.active_associations.set_function(lambda: self.scp.active_associations)
         self.metrics.outbox_depth.set_function(self.outbox.depth)
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready()[0] else 0.0)
+        self.metrics.broker_connected.set_function(lambda: 1.0 if self.publisher.connected.is_set() else 0.0)
+        self.metrics.spool_free_bytes.set_function(functools.partial(free_bytes, self.spool.root))
+        self.metrics.certificates(certificate_files(config))  # the TLS contexts load them once, at start
+        self.metrics.reload_result(True)  # the configuration this process started with
         self.writeback: Writeback | None = None  # the verdict into the study as a DICOM SR (optional per site)
         if config.writeback.enabled:
             failures = self.metrics.writeback_failures
@@ -112,7 +150,10 @@ class Service:
     def _published(self, message: Message, seconds: float) -> None:
         self.metrics.publish_seconds.observe(seconds)
         if message.received_unix is not None:
-            self.metrics.end_to_end_seconds.observe(max(time.time() - message.received_unix, 0.0))
+            end_to_end = max(time.time() - message.received_unix, 0.0)
+            self.metrics.end_to_end_seconds.observe(end_to_end)
+            if self.history is not None:
+                self.history.delivered(message.message_id, end_to_end)
 
     def ready(self) -> tuple[bool, str]:
         """Ready to judge and deliver: spool writable with room, broker connected and acknowledging,
@@ -243,13 +284,22 @@ class Service:
         self._commit(arrival, verdict, quarantine, result)
 
     def _unjudged(self, arrival: Arrival, code: str, reason: str) -> Verdict:
-        """A rejected verdict for an image that was not judged, naming it by the UID its file meta gives."""
+        """A rejected verdict for an image that was not judged, naming it by the UID its file meta gives,
+        with what its header says (acquisition, EI/DI) where it can be read without the pixels."""
+        source = arrival.entry if arrival.data is None else arrival.data
         try:
-            uid = part10_meta(arrival.entry if arrival.data is None else arrival.data)[1]
+            uid = part10_meta(source)[1]
         except OSError:
             uid = ""
+        acquisition, exposure = header_facts(source, self.config.qc.target_exposure_index)
         return Verdict.rejected(
-            reason=reason, code=code, versions=self.pipeline.versions, sop_instance_uid=uid, words=self.pipeline.words
+            reason=reason,
+            code=code,
+            versions=self.pipeline.versions,
+            sop_instance_uid=uid,
+            words=self.pipeline.words,
+            exposure=exposure,
+            acquisition=acquisition,
         )
 
     def _retry(self, arrival: Arrival) -> None:
@@ -276,6 +326,8 @@ class Service:
             self._retry(arrival)
             return
         self._commit_problem = ""
+        if self.history is not None:  # before the publisher hears of it, so its acknowledgement finds the row
+            self.history.keep(document, identifier, arrival.received_unix, arrival.probe)
         self.publisher.notify()
         self._show(arrival, document, result)
         if self.writeback is not None and wanted(document, arrival.probe):
@@ -290,6 +342,10 @@ class Service:
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         self.metrics.degraded.set(1 if verdict.degraded else 0)
         self.metrics.observe_verdict(document, probe=arrival.probe)
+        line, facts = verdict_log(
+            verdict=document, message_id=identifier, stage_seconds=arrival.seconds, probe=arrival.probe
+        )
+        verdict_lines.info(line, extra={"fields": facts})
 
     def _show(self, arrival: Arrival, document: dict[str, Any], result: Result | None) -> None:
         """Put a committed verdict on the room display (never a probe's), then have its overlay drawn
@@ -303,15 +359,25 @@ class Service:
             # the page has its own banner: the picture goes without one
             self._overlays.submit(n, lambda: draw_overlay(radiograph, segmentation, verdict, banner=False))
 
-    def reload(self, config: Config) -> list[str]:
-        """SIGHUP: apply a new configuration's model and QC settings between two images; settings that
-        need new sockets or files (DICOM, MQTT, spool, metrics) are reported, not applied."""
+    def reload(self, config: Config) -> Reloaded:
+        """SIGHUP: apply a new configuration's model and QC settings between two images, and the DICOM
+        allow-lists (edge.dicom.scp.LIVE_SETTINGS: a modality's AE title added without a restart) to the
+        running SCP at once; settings that need new sockets or files (the other DICOM settings, MQTT,
+        spool, metrics...) are reported, not applied, and the running values kept."""
+        live = {"model", "qc", "dicom", "source"}
         restart = [
-            name
-            for name in ("dicom", "mqtt", "service", "metrics", "room", "writeback")
-            if getattr(config, name) != getattr(self.config, name)
+            f.name
+            for f in dataclasses.fields(config)
+            if f.name not in live and getattr(config, f.name) != getattr(self.config, f.name)
         ]
-        if config.model != self.config.model or config.qc != self.config.qc:
+        old_dicom = self.config.dicom
+        dicom_restart = [
+            f.name
+            for f in dataclasses.fields(old_dicom)
+            if f.name not in LIVE_SETTINGS and getattr(config.dicom, f.name) != getattr(old_dicom, f.name)
+        ]
+        applied = [name for name in ("model", "qc") if getattr(config, name) != getattr(self.config, name)]
+        if applied:
             candidate = ReloadingPipeline(config)  # loads and warms up beside the running pipeline
             candidate.start_watching()
             with self._pipeline_lock:
@@ -320,19 +386,43 @@ class Service:
             old.close()
             if self.room is not None:
                 self.room.relabel(room_labels(self.pipeline.words))
-        self.config = dataclasses.replace(config, **{name: getattr(self.config, name) for name in restart})
-        return [f"'{name}' changed: takes effect after a restart" for name in restart]
+        applied += [f"dicom.{name}" for name in self.scp.apply(config.dicom)]
+        dicom = dataclasses.replace(config.dicom, **{name: getattr(old_dicom, name) for name in dicom_restart})
+        self.config = dataclasses.replace(
+            config, dicom=dicom, **{name: getattr(self.config, name) for name in restart}
+        )
+        return Reloaded(tuple(applied), tuple(f"dicom.{name}" for name in dicom_restart) + tuple(restart))
 
     def stop(self, drain_s: float = 10.0) -> None:
         """Graceful stop: no new associations, judge what was received, hand the outbox to the broker."""
         notify("STOPPING=1\nSTATUS=draining")
         self.scp.stop()
+        log.info(
+            "draining: no new associations; judging %d received images, then up to %g s for the broker to take"
+            " the outbox (%d verdicts now)",
+            self.queue.qsize(),
+            drain_s,
+            self.outbox.depth(),
+            extra={"fields": {"event": "draining", "queued": self.queue.qsize(), "outbox": self.outbox.depth()}},
+        )
         self._stopping.set()
         self._worker.join(timeout=drain_s + 60)
+        if self._worker.is_alive():
+            log.warning("draining: judging did not finish in time; the spool keeps what is left for the next start")
         self.publisher.drain(drain_s)
         self.publisher.stop()
         self.pipeline.close()
+        left = self.outbox.depth()
         self.outbox.close()
+        if left:
+            log.warning(
+                "%d verdicts not acknowledged by the broker in %g s: kept in the outbox, sent after the next start",
+                left,
+                drain_s,
+                extra={"fields": {"event": "drain_incomplete", "outbox": left}},
+            )
+        if self.history is not None:
+            self.history.close()
         if self.writeback is not None:
             self.writeback.stop(drain_s)  # what it has not sent stays queued for the next start
         if self._overlays is not None:
@@ -341,3 +431,5 @@ class Service:
             self.room.close()
         if self.http is not None:
             self.http.stop()
+        outcome = "drained" if not left else f"{left} verdicts wait in the outbox"
+        log.info("stopped: %s", outcome, extra={"fields": {"event": "stopped", "outbox": left}})

@@ -24,9 +24,15 @@ ALLOWED: dict[str, set[str]] = {
     "engines": {"imaging", "inference", "qc"},
     "pipeline": {"config", "dicom", "engines", "imaging", "inference", "qc", "edge"},
     "probe": {"config", "publish"},
-    "doctor": {"config", "engines", "inference", "publish"},
-    "service": {"config", "dicom", "observability", "pipeline", "publish", "qc", "room", "systemd"},
-    "cli": {"config", "doctor", "engines", "inference", "logs", "pipeline", "probe", "qc", "service"},
+    "history": {"config"},
+    "report": {"config", "history", "qc"},
+    "doctor": {"config", "config_check", "engines", "inference", "publish"},
+    "config_check": {"config", "qc"},
+    "service": {"config", "dicom", "history", "observability", "pipeline", "publish", "qc", "room", "systemd"},
+    "cli": {
+        "config", "config_check", "doctor", "engines", "inference", "logs", "pipeline", "probe", "qc", "report",
+        "service",
+    },
     "__init__": set(),
 }
 

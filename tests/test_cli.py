@@ -140,3 +140,29 @@ def test_library_words_never_reach_the_user(tmp_path: Path, files: dict[str, Pat
     for text in (proc.stdout, proc.stderr):
         for library in ("force=True", "pydicom", "UserWarning", "Traceback", "Expected explicit VR"):
             assert library not in text, (library, text)
+
+
+def test_config_check_reports_every_error_and_the_defaults_a_site_must_change(tmp_path: Path) -> None:
+    """The command as Ansible's validate step and an engineer run it: an empty file is valid (exit 0) and
+    warns on each default a site must change; a file with three mistakes gets all three (exit 2)."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    proc = edge_qc("config-check", "--config", empty)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert all(line.startswith(f"warning: {empty}: '") for line in lines), lines
+    for key in ("dicom.allowed_calling_aets", "mqtt.site", "mqtt.room", "mqtt.device"):
+        assert sum(f"'{key}'" in line for line in lines) == 1, (key, lines)
+    assert proc.stdout == f"{empty}: configuration valid (0 error(s), 4 warning(s))\n"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\npath = "/nonexistent"\n[dicom]\nport = 0\n[metrics]\nbind = "0.0.0.0"\nprot = 1\n')
+    proc = edge_qc("config-check", bad)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, proc.stderr
+    for error, key in zip(errors, ("'model.path'", "'dicom.port'", "'metrics.prot'"), strict=True):
+        assert error.startswith(f"error: {bad}: ") and key in error
+    assert "/nonexistent" in errors[0]
+    assert "warning: " in proc.stderr and "'metrics.bind' is 0.0.0.0 (every interface)" in proc.stderr
+    assert proc.stdout.startswith(f"{bad}: configuration refused (3 error(s), ")
+    assert "Traceback" not in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +71,9 @@ def test_overrides_and_targets_apply(tmp_path: Path) -> None:
         ("[writeback]\nmax_queue_bytes = 1024", "'writeback.max_queue_bytes'"),
         ("[writeback]\nqueue_path = ''", "'writeback.queue_path'"),
         ("[writeback]\ndestination = 'pacs'", "writeback.destination"),
+        ("[history]\nretention_days = 0", "'history.retention_days'"),
+        ("[history]\npath = ''", "'history.path'"),
+        ("[history]\nenabled = 'yes'", "'history.enabled'"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, names: str) -> None:
@@ -178,6 +182,8 @@ RANGES: dict[str, tuple[int, int | None]] = {
     "writeback.retry_max_s": (1, 86400),
     "writeback.max_queue_rows": (1, 1000000),
     "writeback.max_queue_bytes": (1048576, None),
+    "history.retention_days": (1, 3650),
+    "history.max_rows": (1000, 100000000),
 }
 
 
@@ -474,3 +480,273 @@ def test_config_check_refuses_what_a_hostile_or_careless_file_holds(
     err = capsys.readouterr().err
     assert key in err, err
     assert "1234" not in err
+
+
+# ---------------------------------------------------------------- config-check: every problem, and the defaults
+
+
+def test_every_problem_is_found_and_raised_together() -> None:
+    """Validation goes on past the first problem: three mistakes in three sections (and a second in
+    one of them) are all in the one ConfigError, each naming the file and its key."""
+    data = {
+        "model": {"threads": 0},
+        "dicom": {"port": 0, "ae_title": "EDGE\\QC"},
+        "mqtt": {"topic": "edgeqc/+/verdict"},
+        "metrcs": {},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "site.toml", environ={})
+    problems = info.value.problems
+    keys = ["'metrcs'", "'model.threads'", "'dicom.port'", "'dicom.ae_title'", "'mqtt.topic'"]
+    assert len(problems) == len(keys), problems
+    for key, problem in zip(keys, problems, strict=True):
+        assert problem.startswith("site.toml: ") and key in problem, (key, problem)
+    assert str(info.value).splitlines() == list(problems)
+
+
+def test_load_config_raises_every_problem_in_its_message(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[model]\npath = "/nonexistent"\n[dicom]\nport = 0\n[metrics]\nprot = 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    for key in ("'model.path'", "'dicom.port'", "'metrics.prot'"):
+        assert key in message, message
+    assert len(info.value.problems) == 3
+
+
+def test_the_qc_overrides_are_checked_all_at_once() -> None:
+    qc = parse_config(
+        {
+            "qc": {
+                "target_exposure_index": {"app": 300.0},
+                "overrides": {
+                    "ap": {"centring": {"max_offset": 0.2, "max_offset_fraction": -0.1}},
+                    "obleek": {"obliquity": {"min_angle_deg": 20}},
+                },
+            }
+        },
+        "site.toml",
+        environ={},
+    ).qc
+    with pytest.raises(ConfigError) as info:
+        site_standard(qc, "site.toml")
+    found = "\n".join(info.value.problems)
+    for key in ("qc.target_exposure_index.app", "ap.centring.max_offset ", "ap.centring.max_offset_fraction", "obleek"):
+        assert key.strip() in found, found
+    assert len(info.value.problems) == 4
+
+
+def test_mqtt_tls_files_must_exist_and_are_resolved_against_the_file(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_text("a CA")
+    config = parse_config({"mqtt": {"ca_certs": "ca.crt"}}, "site.toml", tmp_path, environ={})
+    assert config.mqtt.ca_certs == str(tmp_path / "ca.crt")
+    message = _refused({"mqtt": {"ca_certs": str(tmp_path / "absent.crt"), "keyfile": str(tmp_path / "k.key")}})
+    assert "'mqtt.ca_certs': no such file" in message and "'mqtt.keyfile': no such file" in message
+
+
+def _check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, *extra: str
+) -> tuple[int, list[str], list[str]]:
+    """`edge-qc config-check` on a file: (exit code, error lines, warning lines)."""
+    from edge.cli import main
+
+    path = tmp_path / "site.toml"
+    path.write_text(toml)
+    code = main(["config-check", str(path), *extra])
+    lines = capsys.readouterr().err.splitlines()
+    return code, [s for s in lines if s.startswith("error: ")], [s for s in lines if s.startswith("warning: ")]
+
+
+def _keys(lines: list[str]) -> list[str]:
+    """The dotted key each line names first ('error: FILE: 'key' ...')."""
+    return [re.findall(r"'([a-z_]+\.[a-z_]+)", line)[0] for line in lines]
+
+
+NAMED = '[mqtt]\nsite = "north"\nroom = "xray-1"\ndevice = "north-xr1"\n[dicom]\nallowed_calling_aets = ["NORTH_DR1"]\n'
+
+
+def test_config_check_warns_on_a_shared_ae_title_with_a_device_of_the_inventory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Group vars, host vars in the hosts file and host_vars/ files, by Ansible's precedence: this device
+    (north-xr1) and north-xr2 share a title; north-xr3's host_vars file gives it its own."""
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars").mkdir(parents=True)
+    (inventory / "host_vars").mkdir()
+    (inventory / "hosts.yml").write_text(
+        "edge_qc:\n  children:\n    site_north:\n      hosts:\n"
+        "        north-xr1:\n        north-xr2:\n        north-xr3:\n"
+        "        south-xr1:\n          edge_qc_dicom_ae_title: QC_SOUTH\n"
+    )
+    (inventory / "group_vars" / "site_north.yml").write_text("edge_qc_dicom_ae_title: QC_NORTH\n")
+    (inventory / "host_vars" / "north-xr3.yml").write_text("edge_qc_dicom_ae_title: QC_NORTH_3\n")
+    from edge.config_check import inventory_devices
+
+    assert inventory_devices(inventory) == {
+        "north-xr1": ("north-xr1", "QC_NORTH"),
+        "north-xr2": ("north-xr2", "QC_NORTH"),
+        "north-xr3": ("north-xr3", "QC_NORTH_3"),
+        "south-xr1": ("south-xr1", "QC_SOUTH"),
+    }
+    code, errors, warnings = _check(tmp_path, capsys, NAMED + 'ae_title = "QC_NORTH"\n', "--inventory", str(inventory))
+    assert (code, errors) == (0, [])
+    (clash,) = warnings
+    assert "'dicom.ae_title' 'QC_NORTH' is also the AE title of north-xr2 in the inventory" in clash
+    assert "this device: north-xr1" in clash and "north-xr3" not in clash and "south" not in clash
+    own = NAMED + 'ae_title = "QC_NORTH_1"\n'
+    assert _check(tmp_path, capsys, own, "--inventory", str(inventory)) == (0, [], [])
+    code, errors, _ = _check(tmp_path, capsys, NAMED, "--inventory", str(tmp_path / "absent"))
+    assert code == 2 and "no such inventory" in errors[0]
+
+
+def _layered_inventory(folder: Path) -> Path:
+    """An inventory setting the AE title at every layer Ansible knows, to compare precedence with it."""
+    (folder / "group_vars" / "edge_qc").mkdir(parents=True)
+    (folder / "host_vars").mkdir()
+    (folder / "hosts.yml").write_text(
+        "all:\n  vars: {edge_qc_dicom_ae_title: ALL_INLINE}\n  children:\n"
+        "    edge_qc:\n      vars: {edge_qc_dicom_ae_title: EDGE_QC_INLINE}\n      children:\n"
+        "        site_a:\n          hosts:\n            a1:\n            a2: {edge_qc_dicom_ae_title: A2_INLINE}\n"
+        "            a3:\n            a4:\n"
+        "        site_b:\n          hosts:\n            b1:\n"
+        "        site_c:\n          hosts:\n            c1:\n"
+        "    other:\n      hosts:\n        a3:\n        b1:\n"
+    )
+    (folder / "group_vars" / "all.yml").write_text("edge_qc_dicom_ae_title: ALL_FILE\nedge_qc_site: x\n")
+    (folder / "group_vars" / "site_a.yml").write_text("edge_qc_dicom_ae_title: SITE_A_FILE\n")
+    (folder / "group_vars" / "other.yml").write_text("edge_qc_dicom_ae_title: OTHER_FILE\n")
+    (folder / "group_vars" / "edge_qc" / "main.yml").write_text("edge_qc_dicom_ae_title: EDGE_QC_FILE\n")
+    (folder / "host_vars" / "a4.yml").write_text("edge_qc_dicom_ae_title: A4_FILE\n")
+    return folder
+
+
+@pytest.mark.parametrize("which", ["example", "layered"])
+def test_the_inventory_reader_agrees_with_ansible(tmp_path: Path, which: str) -> None:
+    """Every AE title the reader finds is the one ansible-inventory resolves, through group vars inline
+    and in group_vars/ (a file, a folder), group depth and name order, host vars inline and in host_vars/.
+    The example inventory gives every device its own title."""
+    from edge.config_check import inventory_devices
+    from tests.fleet.test_lint import ANSIBLE, tool
+
+    inventory = ANSIBLE / "inventory" / "example" if which == "example" else _layered_inventory(tmp_path / "inv")
+    proc = tool("ansible-inventory", "-i", str(inventory), "--list", folder=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(proc.stdout)["_meta"]["hostvars"]
+    devices = inventory_devices(inventory)
+    assert set(devices) == set(listed)
+    titles = {host: title for host, (_, title) in devices.items()}
+    assert titles == {host: listed[host].get("edge_qc_dicom_ae_title", "EDGEQC") for host in listed}
+    assert all(device == host for host, (device, _) in devices.items())
+    if which == "example":
+        assert len(set(titles.values())) == len(devices)
+    else:  # each layer wins somewhere: the test can tell a wrong order
+        assert titles == {"a1": "SITE_A_FILE", "a2": "A2_INLINE", "a3": "SITE_A_FILE", "a4": "A4_FILE",
+                          "b1": "OTHER_FILE", "c1": "EDGE_QC_FILE"}  # fmt: skip
+
+
+def test_an_empty_file_warns_on_every_default_a_site_must_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, errors, warnings = _check(tmp_path, capsys, "")
+    assert (code, errors) == (0, [])
+    assert _keys(warnings) == ["dicom.allowed_calling_aets", "mqtt.site", "mqtt.room", "mqtt.device"]
+    assert "every modality is refused" in warnings[0] and "is still 'site'" in warnings[1]
+    assert all(line.startswith(f"warning: {tmp_path / 'site.toml'}: ") for line in warnings)
+    code, errors, warnings = _check(tmp_path, capsys, NAMED)
+    assert (code, errors, warnings) == (0, [], [])
+    probes_only = NAMED.replace('["NORTH_DR1"]', '["EDGEQC-PROBE"]')
+    assert _keys(_check(tmp_path, capsys, probes_only)[2]) == ["dicom.allowed_calling_aets"]
+
+
+@pytest.mark.parametrize(
+    ("bind", "warned"), [("0.0.0.0", "every interface"), ("::", "every interface"), ("10.1.2.3", "10.1.2.3"),
+                         ("127.0.0.1", None), ("::1", None)]
+)  # fmt: skip
+def test_metrics_on_the_network_warn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bind: str, warned: str | None
+) -> None:
+    code, errors, warnings = _check(tmp_path, capsys, NAMED + f'[metrics]\nbind = "{bind}"\n')
+    assert (code, errors) == (0, [])
+    if warned is None:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert "'metrics.bind'" in warning and warned in warning
+    assert "/metrics, /healthz, /readyz and /room are then open to the network" in warning
+    assert "reverse proxy with TLS" in warning and "bind to loopback" in warning
+    disabled = _check(tmp_path, capsys, NAMED + f'[metrics]\nenabled = false\nbind = "{bind}"\n')
+    assert disabled == (0, [], [])
+
+
+def test_three_errors_are_all_reported_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Errors first, each with its key; a warning about a key that has an error is left out (mqtt.site is
+    refused, so no 'still site' warning for it), the others stay."""
+    toml = '[model]\npath = "/nonexistent"\n[dicom]\nport = 0\n[mqtt]\nsite = "north/1"\n'
+    code, errors, warnings = _check(tmp_path, capsys, toml)
+    assert code == 2
+    assert _keys(errors) == ["model.path", "dicom.port", "mqtt.site"]
+    assert "/nonexistent is not a model version folder" in errors[0]
+    assert _keys(warnings) == ["dicom.allowed_calling_aets", "mqtt.room", "mqtt.device"]
+
+
+def test_state_paths_that_cannot_be_made_are_errors_outside_the_unit_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge.config_check import UNIT_WRITABLE
+
+    (tmp_path / "a-file").write_text("")
+    a_file = tmp_path / "a-file"
+    toml = NAMED + f'[service]\nspool_dir = "{a_file}"\noutbox_path = "{a_file / "o.sqlite"}"\n'
+    code, errors, warnings = _check(tmp_path, capsys, toml)
+    assert code == 2 and _keys(errors) == ["service.spool_dir", "service.outbox_path"]
+    assert "is not a folder" in errors[0] and "cannot be made" in errors[1]
+    toml = NAMED + f'[service]\nspool_dir = "{tmp_path / "spool"}"\n'
+    code, errors, warnings = _check(tmp_path, capsys, toml)
+    assert (code, errors, _keys(warnings)) == (0, [], ["service.spool_dir"])
+    assert f"outside {UNIT_WRITABLE}" in warnings[0] and "ReadWritePaths=" in warnings[0]
+    unit = (Path(edge.__file__).resolve().parent.parent / "systemd" / "edge-qc.service").read_text()
+    assert f"ReadWritePaths={UNIT_WRITABLE}\n" in unit and "StateDirectory=edge-qc\n" in unit
+
+
+def test_what_else_a_hospital_trips_on_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A private key every user can read, a write-back to this device, a TensorRT engine not built yet, a
+    password in a file every user can read."""
+    for name in ("server.crt", "server.key"):
+        (tmp_path / name).write_text("PEM")
+    (tmp_path / "server.key").chmod(0o644)
+    toml = (
+        NAMED.replace("[dicom]\n", '[dicom]\ntls_certfile = "server.crt"\ntls_keyfile = "server.key"\n')
+        + '[writeback]\nenabled = true\nhost = "localhost"\ncalled_ae = "PACS"\n'
+        + '[model]\nbackend = "tensorrt"\nengine = "device.plan"\n'
+    )
+    code, errors, warnings = _check(tmp_path, capsys, toml)
+    assert (code, errors) == (0, [])
+    assert _keys(warnings) == ["writeback.host", "dicom.tls_keyfile", "model.engine"]
+    assert "mode 0644" in warnings[1] and "degraded" in warnings[2]
+    (tmp_path / "server.key").chmod(0o600)
+    toml = toml.replace('"localhost"', '"pacs.hospital.example"').replace("engine =", "fallback = false\nengine =")
+    code, errors, warnings = _check(tmp_path, capsys, toml)
+    assert (code, errors, _keys(warnings)) == (0, [], ["model.engine"])
+    assert "refuses to start" in warnings[0]
+    path = tmp_path / "site.toml"
+    path.chmod(0o644)
+    from edge.config_check import check_file
+
+    path.write_text(NAMED.replace("[mqtt]\n", '[mqtt]\npassword = "hunter2"\n'))
+    (warning,) = check_file(path).warnings
+    assert "'mqtt.password' is in" in warning and "hunter2" not in warning
+    path.chmod(0o640)
+    assert check_file(path).warnings == ()
+
+
+def test_config_check_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    path = tmp_path / "site.toml"
+    path.write_text("[dicom]\nport = 0\n")
+    assert main(["config-check", "--config", str(path), "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["file"] == str(path) and report["valid"] is False
+    assert len(report["errors"]) == 1 and "'dicom.port'" in report["errors"][0]
+    assert len(report["warnings"]) == 4

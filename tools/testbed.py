@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 MOSQUITTO: Final = Path("/usr/sbin/mosquitto")
 STORESCU: Final = Path("/usr/bin/storescu")  # DCMTK's; pynetdicom's own storescu is another program
 STORESCP: Final = Path("/usr/bin/storescp")  # DCMTK's: the write-back tests' PACS
+PROMETHEUS: Final = Path("/usr/bin/prometheus")  # Debian's: the monitoring pack's live test
 CHROMIUM: Final = ("chromium", "chromium-browser", "google-chrome")  # Debian's first
 # Started as root, Mosquitto drops to the "mosquitto" user, which cannot read a test's private temporary
 # files (certificates, password file, persistence); "user root" keeps it as it was started.
@@ -68,17 +70,26 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0) -> bool:
 class Broker:
     """A Mosquitto on a loopback port that a test can stop and start again."""
 
-    def __init__(self, folder: Path, persistent: bool = False) -> None:
-        """`persistent`: sessions and queued messages survive a restart (saved on a clean stop)."""
+    def __init__(self, folder: Path, persistent: bool = False, tls: Path | None = None) -> None:
+        """`persistent`: sessions and queued messages survive a restart (saved on a clean stop). `tls`: a
+        folder with ca.crt, server.crt and server.key (tests/conftest.py's pki): a second listener, on
+        `tls_port`, speaks TLS and wants a client certificate that CA signed."""
         binary = mosquitto_binary()
         if binary is None:
             raise ToolMissingError("mosquitto not installed (apt-get install mosquitto)")
         folder.mkdir(parents=True, exist_ok=True)
         self.binary = binary
         self.port = free_port()
+        self.tls_port = free_port() if tls is not None else 0
         self.config = folder / "mosquitto.conf"
         persistence = f"persistence true\npersistence_location {folder}/\n" if persistent else "persistence false\n"
-        self.config.write_text(f"{RUN_AS_INVOKER}listener {self.port} 127.0.0.1\nallow_anonymous true\n{persistence}")
+        listeners = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        if tls is not None:
+            listeners += (
+                f"listener {self.tls_port} 127.0.0.1\ncafile {tls / 'ca.crt'}\ncertfile {tls / 'server.crt'}\n"
+                f"keyfile {tls / 'server.key'}\nrequire_certificate true\ntls_version tlsv1.2\n"
+            )
+        self.config.write_text(f"{RUN_AS_INVOKER}{listeners}{persistence}")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -90,6 +101,64 @@ class Broker:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
+            self.process = None
+
+
+class Prometheus:
+    """A real Prometheus (Debian's) on a free loopback port with its own storage: it scrapes each target
+    (a metrics port and its labels) as job "edgeqc" and evaluates `rule_files`, both every second;
+    `query` asks its HTTP API."""
+
+    def __init__(self, folder: Path, targets: list[tuple[int, dict[str, str]]], rule_files: list[Path]) -> None:
+        binary = str(PROMETHEUS) if PROMETHEUS.exists() else shutil.which("prometheus")
+        if binary is None:
+            raise ToolMissingError(f"{PROMETHEUS} not installed (apt-get install prometheus)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.binary, self.folder, self.port = binary, folder, free_port()
+        static = [{"targets": [f"127.0.0.1:{port}"], "labels": labels} for port, labels in targets]
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "rule_files": [str(f) for f in rule_files],
+            "scrape_configs": [{"job_name": "edgeqc", "static_configs": static}],
+        }
+        self.config = folder / "prometheus.yml"
+        self.config.write_text(json.dumps(config))  # JSON is YAML
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        command = [
+            self.binary,
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={self.folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+        with (self.folder / "log").open("wb") as log:  # the child keeps its own descriptor
+            process = self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        if not wait_for(lambda: process.poll() is not None or self._ready(), timeout):
+            raise RuntimeError("prometheus did not become ready")
+        if process.poll() is not None:
+            raise RuntimeError("prometheus exited:\n" + (self.folder / "log").read_text()[-4000:])
+
+    def _ready(self) -> bool:
+        return endpoint(self.port, "/-/ready")[0] == 200
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's result vector (or scalar) through /api/v1/query; raises on a query error."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{expr}: {exc.read().decode()}") from exc
+        data = answer["data"]
+        result: list[dict[str, Any]] = data["result"] if data["resultType"] in ("vector", "matrix") else [
+            {"metric": {}, "value": data["result"]}]  # fmt: skip
+        return result
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
             self.process = None
 
 
@@ -149,9 +218,10 @@ def site_config(
     calling_aets: tuple[str, ...] = ("MODALITY", "EDGEQC-PROBE"),
     threads: int = 1,
     extra: str = "",
+    mqtt: str = "",
 ) -> tuple[Path, int]:
-    """A site.toml for a daemon on loopback (spool and outbox in `folder`), with `extra` TOML (more
-    tables) at its end; returns it and the DICOM port."""
+    """A site.toml for a daemon on loopback (spool and outbox in `folder`), with `mqtt` TOML lines in
+    its [mqtt] table (TLS, say) and `extra` TOML (more tables) at its end; returns it and the DICOM port."""
     port, metrics_port = free_port(), free_port()
     site, room, device = names
     config = folder / "site.toml"
@@ -168,6 +238,7 @@ port = {broker_port}
 site = "{site}"
 room = "{room}"
 device = "{device}"
+{mqtt}
 [service]
 spool_dir = "spool"
 outbox_path = "outbox.sqlite"
@@ -242,41 +313,57 @@ def metrics_port(config: Path) -> int:
 
 class Daemon:
     """`edge-qc serve --config CONFIG` in a child process; `start` returns once /readyz answers 200 (model
-    warm, spool writable, broker connected). Its output is kept in `lines` (and in `log` when given)."""
+    warm, spool writable, broker connected). Its output is kept in `lines` (and in `log` when given).
+    `journal`: its stdout is announced as the journal's stream ($JOURNAL_STREAM names the pipe's device
+    and inode, as systemd names its socket), so it writes what journald would read: `<N>{json}` lines."""
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self, config: Path, env: Mapping[str, str] | None = None, log: Path | None = None, journal: bool = False
+    ) -> None:
         self.config = config
         self.port = metrics_port(config)
         self.lines: list[str] = []
         self._log = log
+        environment = {**os.environ, **(env or {})}
+        environment.pop("JOURNAL_STREAM", None)
+        read_end, write_end = os.pipe()
+        if journal:
+            pipe = os.fstat(write_end)
+            environment["JOURNAL_STREAM"] = f"{pipe.st_dev}:{pipe.st_ino}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge.cli", "serve", "--config", str(config)],
-            stdout=subprocess.PIPE,
+            stdout=write_end,
             stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
+            env=environment,
         )
+        os.close(write_end)
+        self._output = os.fdopen(read_end, encoding="utf-8", errors="replace")
         self._reader = threading.Thread(target=self._read, name="daemon-output", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.process.stdout is not None
         sink = self._log.open("a") if self._log is not None else None
         try:
-            for line in self.process.stdout:
+            for line in self._output:
                 self.lines.append(line)
                 if sink is not None:
                     sink.write(line)
                     sink.flush()
         finally:
+            self._output.close()
             if sink is not None:
                 sink.close()
 
     @classmethod
     def start(
-        cls, config: Path, env: Mapping[str, str] | None = None, log: Path | None = None, timeout: float = 120
+        cls,
+        config: Path,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+        timeout: float = 120,
+        journal: bool = False,
     ) -> Daemon:
-        daemon = cls(config, env, log)
+        daemon = cls(config, env, log, journal)
         if not wait_for(lambda: daemon.process.poll() is not None or daemon.endpoint("/readyz")[0] == 200, timeout):
             daemon.process.kill()
             raise RuntimeError("the daemon did not become ready:\n" + "".join(daemon.lines))

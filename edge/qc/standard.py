@@ -119,36 +119,51 @@ def load_standard(path: Path | None = None) -> Standard:
     return parse_standard(standard_data(path), where)
 
 
+def _override_problems(
+    source: str, view: str, item: str, params: Mapping[str, object], base: Mapping[str, Any]
+) -> list[str]:
+    """What is wrong with one item's overrides (nothing: the empty list)."""
+    if item not in ITEM_PARAMS:
+        return [f"{source}: unknown QC item 'qc.overrides.{view}.{item}'"]
+    if base.get(view, {}).get(item) is None:
+        return [f"{source}: qc.overrides.{view}.{item}: the standard has no item '{item}' for {view}"]
+    problems = []
+    for key, value in params.items():
+        if key not in allowed_keys(item):
+            allowed = ", ".join(sorted(allowed_keys(item)))
+            problems.append(f"{source}: qc.overrides.{view}.{item}.{key}: unknown key ({allowed})")
+        elif isinstance(value, int | float) and not isinstance(value, bool) and value < 0 and key not in SIGNED_PARAMS:
+            problems.append(
+                f"{source}: qc.overrides.{view}.{item}.{key}: must not be negative, got {value!r}"
+                f" (only {', '.join(sorted(SIGNED_PARAMS & allowed_keys(item))) or 'none'} of this item may be)"
+            )
+    return problems
+
+
 def site_standard(qc: QcConfig, source: str) -> Standard:
     """The standard a site judges by: its standard file (or the shipped one) with the configuration's
-    overrides applied and validated. Errors are ConfigErrors naming the configuration's file and key."""
-    for view in qc.target_exposure_index:
-        if view not in VIEWS:
-            raise ConfigError(f"{source}: unknown key 'qc.target_exposure_index.{view}' (views: {', '.join(VIEWS)})")
+    overrides applied and validated. Errors are one ConfigError with every problem, each naming the
+    configuration's file and key."""
+    problems = [
+        f"{source}: unknown key 'qc.target_exposure_index.{view}' (views: {', '.join(VIEWS)})"
+        for view in qc.target_exposure_index
+        if view not in VIEWS
+    ]
     try:
         base = standard_data(qc.standard)
     except StandardError as exc:
-        raise ConfigError(f"{source}: qc.standard: {exc}") from exc
+        raise ConfigError(*problems, f"{source}: qc.standard: {exc}") from exc
     for view, items in qc.overrides.items():
         if view not in VIEWS:
-            raise ConfigError(f"{source}: unknown key 'qc.overrides.{view}' (views: {', '.join(VIEWS)})")
+            problems.append(f"{source}: unknown key 'qc.overrides.{view}' (views: {', '.join(VIEWS)})")
+            continue
         for item, params in items.items():
-            if item not in ITEM_PARAMS:
-                raise ConfigError(f"{source}: unknown QC item 'qc.overrides.{view}.{item}'")
-            table = base.get(view, {}).get(item)
-            if table is None:
-                raise ConfigError(f"{source}: qc.overrides.{view}.{item}: the standard has no item '{item}' for {view}")
-            for key, value in params.items():
-                if key not in allowed_keys(item):
-                    allowed = ", ".join(sorted(allowed_keys(item)))
-                    raise ConfigError(f"{source}: qc.overrides.{view}.{item}.{key}: unknown key ({allowed})")
-                negative = isinstance(value, int | float) and not isinstance(value, bool) and value < 0
-                if negative and key not in SIGNED_PARAMS:
-                    raise ConfigError(
-                        f"{source}: qc.overrides.{view}.{item}.{key}: must not be negative, got {value!r}"
-                        f" (only {', '.join(sorted(SIGNED_PARAMS & allowed_keys(item))) or 'none'} of this item may be)"
-                    )
-                table[key] = value
+            found = _override_problems(source, view, item, params, base)
+            problems.extend(found)
+            if not found:
+                base[view][item].update(params)
+    if problems:
+        raise ConfigError(*problems)
     where = str(qc.standard or f"edge/qc/standards/{DEFAULT_STANDARD}")
     try:
         return parse_standard(base, f"{where} with overrides from {source}")

@@ -154,6 +154,8 @@ def staging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staging]:
         "edge_qc_site_broker_cafile": str(site_tls(folder / "site-tls")),
         "edge_qc_bridge_restart_timeout": "1",
         "edge_qc_mosquitto_user": MOSQUITTO_USER,
+        "edge_qc_prometheus_promtool": shutil.which("promtool") or "",  # checks each rules file when present
+        "edge_qc_opening_hours": {"start_hour": 6, "end_hour": 20, "days": [6, 1, 2, 3, 4, 5]},
     }
     (folder / "vars.json").write_text(json.dumps(variables))
     env = ansible_environment(folder)
@@ -198,9 +200,15 @@ def test_site_installs_the_appliance(staging: Staging) -> None:
     assert target == [
         {
             "targets": [f"room1:{staging.metrics_port}"],
-            "labels": {"job": "edge-qc", "site": "h1", "room": "xr1", "device": "room1", "module": ""},
+            "labels": {"job": "edgeqc", "site": "h1", "room": "xr1", "device": "room1", "module": ""},
         }
     ]
+    rules = sorted((root / "etc/prometheus/rules").iterdir())
+    assert [r.name for r in rules] == ["edgeqc-alerts.yml", "edgeqc-opening-hours.yml", "edgeqc-recording.yml"]
+    assert "(hour() >= 6 < 20) and on() (day_of_week() >= 1 <= 6)" in rules[1].read_text()
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "rules", *map(str, rules)], capture_output=True, text=True)
+        assert check.returncode == 0 and "SUCCESS: 1 rules found" in check.stdout, check.stdout + check.stderr
     with urllib.request.urlopen(f"http://127.0.0.1:{staging.metrics_port}/readyz", timeout=10) as r:
         assert r.status == 200
 
