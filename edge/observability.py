@@ -299,6 +299,17 @@ class Metrics:
                 continue
             self.certificate_expiry.labels(name).set(expiry)
 
+    def expect(self, items_by_view: Mapping[str, Iterable[str]]) -> None:
+        """Start the verdict and item counters at zero for every view and item the standard judges: a
+        series born at its first event hides that event from increase() and rate(), so a room's first
+        failure of an item would never show on the dashboard."""
+        for view, items in items_by_view.items():
+            for outcome in ("pass", "fail", "indeterminate"):
+                self.judged.labels(view, outcome)
+            for item in items:
+                self.item_failures.labels(view, item)
+        self.judged.labels("unknown", "indeterminate")
+
     def observe_verdict(self, verdict: dict[str, Any], probe: bool = False) -> None:
         """Count one verdict (the JSON of edge.qc.verdict) where it is made; a health probe's verdict
         only as a probe, so that rollouts do not move a room's reject rates or exposure figures."""

@@ -229,6 +229,11 @@ class ReloadingPipeline:
         return self._pipeline.words
 
     @property
+    def items_by_view(self) -> dict[str, tuple[str, ...]]:
+        """The QC items the site's standard judges, per view (what the counters start from)."""
+        return {view: tuple(rules) for view, rules in self._pipeline.standard.items.items()}
+
+    @property
     def degraded(self) -> str:
         """Why the serving version judges with the fallback backend ("" when it does not)."""
         return self._pipeline.degraded

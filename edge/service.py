@@ -79,6 +79,11 @@ def room_labels(words: Words) -> dict[str, str]:
     return {key: words.text(msgid) for key, msgid in LABELS.items()}
 
 
+# Where the Jetson's sysfs is read (temperatures, GPU load, power rails): "/" unless set, for a
+# container that mounts the host's /sys elsewhere, or a test that gives a thermal zone of its own.
+SYSFS_ROOT_ENV: Final = "EDGEQC_SYSFS_ROOT"
+
+
 class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -90,7 +95,8 @@ class Service:
         self.history = History.open(config) if config.history.enabled else None
         self.pipeline = ReloadingPipeline(config)
         self.queue: queue.Queue[Arrival] = queue.Queue(maxsize=config.service.queue_size)
-        self.metrics = Metrics()
+        self.metrics = Metrics(sysfs_root=Path(os.environ.get(SYSFS_ROOT_ENV) or "/"))
+        self.metrics.expect(self.pipeline.items_by_view)
         self.publisher = Publisher(
             self.outbox,
             mqtt,
@@ -384,6 +390,7 @@ class Service:
                 old, self.pipeline = self.pipeline, candidate
                 self._follow_activation()
             old.close()
+            self.metrics.expect(self.pipeline.items_by_view)
             if self.room is not None:
                 self.room.relabel(room_labels(self.pipeline.words))
         applied += [f"dicom.{name}" for name in self.scp.apply(config.dicom)]

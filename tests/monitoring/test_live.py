@@ -20,6 +20,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from edge.service import SYSFS_ROOT_ENV
 from tests.conftest import require_tool
 from tests.monitoring.test_rules import RULES, panel_queries
 from tests.qc.conftest import fault_case, write_case
@@ -40,10 +41,10 @@ pytestmark = pytest.mark.slow
 HEALTH = Path(__file__).resolve().parents[2] / "engines" / "health"  # a pass (AP) and a fail (oblique)
 LABELS = {"site": "h1", "room": "xr2", "device": "jetson7"}
 # Panels that cannot have data on this machine, and why. A new panel that returns nothing here fails
-# the test until it is listed (with its reason) or given data.
-NO_DATA_HERE = {
-    "Device temperature": "thermal zones exist only on a Jetson (sysfs); the daemon reads the real /sys",
-}
+# the test until it is listed (with its reason) or given data. (Device temperature has data: the daemon
+# reads a thermal zone the test writes, through EDGEQC_SYSFS_ROOT, as it reads a Jetson's /sys.)
+NO_DATA_HERE: dict[str, str] = {}
+GPU_ZONE_MILLI_C = 47500
 
 
 @dataclass
@@ -123,7 +124,11 @@ def bed(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Bed]:
            f'keyfile = "{pki / "client.key"}"')  # fmt: skip
     config, dicom_port = site_config(folder, broker.tls_port, mqtt=tls)
     subscriber = VerdictSubscriber(broker.port, "edgeqc/h1/xr2/jetson7/#", client_id="live-test")
-    daemon = Daemon.start(config, log=folder / "daemon.log")
+    zone = folder / "sys" / "class" / "thermal" / "thermal_zone0"  # as an Orin names its GPU zone
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("gpu-thermal\n")
+    (zone / "temp").write_text(f"{GPU_ZONE_MILLI_C}\n")
+    daemon = Daemon.start(config, log=folder / "daemon.log", env={SYSFS_ROOT_ENV: str(folder)})
     try:
         yield Bed(folder, pki, broker, daemon, subscriber, config, dicom_port, studies)
     finally:
@@ -152,6 +157,14 @@ def test_every_gauge_has_its_value_in_a_running_daemon(bed: Bed) -> None:
     assert value(text, "edgeqc_last_verdict_timestamp_seconds") == 0  # none yet
     assert set(samples(text, "edgeqc_associations_refused_total").values()) == {0.0}
     assert "_created" not in text
+    assert samples(text, "edgeqc_device_temperature_celsius") == {'zone="gpu-thermal"': GPU_ZONE_MILLI_C / 1000}
+    # every view and item of the standard counts from zero, so the first failure shows in increase()
+    judged = {frozenset(k.split(",")): v for k, v in samples(text, "edgeqc_images_judged_total").items()}
+    assert judged[frozenset({'view="lateral"', 'verdict="fail"'})] == 0
+    assert judged[frozenset({'view="unknown"', 'verdict="indeterminate"'})] == 0
+    failures = {frozenset(k.split(",")): v for k, v in samples(text, "edgeqc_item_failures_total").items()}
+    assert failures[frozenset({'view="oblique"', 'item="obliquity"'})] == 0
+    assert len(failures) == 31  # every item of every view of the shipped standard
 
     before = time.time()
     bed.store_and_wait("ap-pass")
@@ -218,7 +231,7 @@ def test_every_dashboard_panel_returns_data_from_prometheus(bed: Bed, prometheus
     in as Grafana would (tests/monitoring/test_rules.py), answers with a number."""
     assert wait_for(lambda: prometheus.query('up{job="edgeqc", site="h1", room="xr2", device="jetson7"} == 1'), 60)
     bed.store_and_wait("ap-pass", "oblique-fail", "lateral-fail")
-    assert wait_for(lambda: prometheus.query('count(edgeqc_images_judged_total{verdict="fail"}) == 2'), 60)
+    assert wait_for(lambda: prometheus.query('count(edgeqc_images_judged_total{verdict="fail"} > 0) == 2'), 60)
     bed.store_and_wait("ap-fail", "lateral-fail", "oblique-fail", "ap-pass", "chest", "rgb")
     queries = panel_queries()
     answered: set[int] = set()
