@@ -193,7 +193,9 @@ def assess(
     site_target = target_exposure_index.get(view.judged) if view.judged else None
     exposure, _ = exposure_of(radiograph.exposure, site_target)
 
-    def indeterminate(reason: Phrase | str, code: str) -> Assessment:
+    def indeterminate(reason: Phrase | str, code: str, read: Reading | None = None) -> Assessment:
+        """Read but not judged; `reason` a msgid or a phrase (said here in the site's language), or a
+        sentence already said (it has no catalogue entry and passes unchanged)."""
         verdict = Verdict.indeterminate(
             reason=words.say(reason),
             code=code,
@@ -202,6 +204,7 @@ def assess(
             versions=versions,
             notes=notes,
             degraded=degraded,
+            reading=read,
             words=words,
             exposure=exposure,
             acquisition=radiograph.acquisition,
@@ -229,24 +232,9 @@ def assess(
         return indeterminate(Phrase(problem), "not_lumbar_spine")
     read = reading(seg, spine, judged, calibration, disagreement)
     if not read.readable:
-        reason, code = unreadable_reason(read, disagreement, said, words), "unreadable"
         if read.misread and not radiograph.body_part:  # nothing says a spine was meant: it may be none
-            reason = words.say(phrase(MISREAD, why=Phrase(read.misread)))
-            code = "not_lumbar_spine"
-        verdict = Verdict.indeterminate(
-            reason=reason,
-            code=code,
-            view=view,
-            image=image,
-            versions=versions,
-            notes=notes,
-            degraded=degraded,
-            reading=read,
-            words=words,
-            exposure=exposure,
-            acquisition=radiograph.acquisition,
-        )
-        return Assessment(verdict, seg, None, {"measure": (time.perf_counter() - started) * 1000})
+            return indeterminate(phrase(MISREAD, why=Phrase(read.misread)), "not_lumbar_spine", read)
+        return indeterminate(unreadable_reason(read, disagreement, said, words), "unreadable", read)
     anatomy = anatomy_mask(seg, judged, field)
     ctx = Context(
         view=judged,
