@@ -179,6 +179,9 @@ def test_site_installs_the_appliance(staging: Staging) -> None:
     config = (root / "etc/edge-qc/site.toml").read_text()
     assert f'path = "{staging.engines}/current"' in config
     assert 'allowed_calling_aets = ["MODALITY", "EDGEQC-PROBE"]' in config
+    assert '[qc]\nlanguage = "en"' in config and "[room]\nenabled = true\nshow_accession = false" in config
+    assert f'[history]\nenabled = true\npath = "{root}/var/lib/edge-qc/history.sqlite"' in config
+    assert "[writeback]" not in config  # only where the site names its PACS (edge_qc_writeback_host)
     for unit in ("edge-qc.service", "edge-qc-engine-build.service"):
         assert (root / "etc/systemd/system" / unit).read_text() == (REPO / "systemd" / unit).read_text()
     assert "MemoryMax=4G" in (root / "etc/systemd/system/edge-qc.service.d/limits.conf").read_text()
