@@ -200,7 +200,12 @@ def state_path_findings(config: Config) -> tuple[list[tuple[str, str]], list[tup
 
 
 def _yaml(path: Path) -> Any:
-    import yaml  # the workstation's (Ansible's) dependency, not the appliance's
+    try:
+        import yaml  # the workstation's (Ansible's) dependency, not the appliance's
+    except ImportError as exc:
+        raise InventoryError(
+            "reading an Ansible inventory needs PyYAML: run config-check --inventory on the Ansible controller"
+        ) from exc
 
     try:
         return yaml.safe_load(path.read_text("utf-8"))
