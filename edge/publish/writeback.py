@@ -57,8 +57,13 @@ STORED: Final = frozenset({0x0000, 0xB000, 0xB006, 0xB007, 0x0001, 0x0107, 0x011
 VERIFICATION: Final = "1.2.840.10008.1.1"  # the C-ECHO SOP class
 BATCH: Final = 20  # SRs sent in one association when a queue drains
 IDLE_S: Final = 5.0  # how long the sender sleeps with an empty queue, unless told of a new SR
+# An SR the destination answers with a failure status this many times in a row is set aside (kept in
+# the queue file's set_aside table, logged and counted), so that one report it will never take does not
+# hold up every report behind it; a destination that is down or refuses the association sets none aside.
+MAX_REFUSALS: Final = 3
+SET_ASIDE_KEPT: Final = 100  # the newest set-aside reports kept for inspection
 
-Reason = Literal["unreachable", "rejected", "status", "queue_full", "unbuildable", "queue_error", "echo"]
+Reason = Literal["unreachable", "rejected", "status", "refused", "queue_full", "unbuildable", "queue_error", "echo"]
 
 
 def _code(value: str, meaning: str) -> Code:
@@ -320,6 +325,11 @@ class Queue:
             " verdict TEXT NOT NULL,"
             " created_unix REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS set_aside ("
+            " row INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, header BLOB NOT NULL,"
+            " verdict TEXT NOT NULL, created_unix REAL NOT NULL, why TEXT NOT NULL)"
+        )
 
     def put(self, key: str, header: bytes, verdict: Mapping[str, Any]) -> bool:
         """Commit one SR's makings durably; False when the queue is full (nothing written)."""
@@ -346,6 +356,24 @@ class Queue:
     def remove(self, row: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM writeback WHERE row = ?", (row,))
+
+    def set_aside(self, row: int, why: str) -> None:
+        """Move a report the destination keeps refusing out of the queue, keeping the newest few."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO set_aside (key, header, verdict, created_unix, why)"
+                " SELECT key, header, verdict, created_unix, ? FROM writeback WHERE row = ?",
+                (why, row),
+            )
+            self._db.execute("DELETE FROM writeback WHERE row = ?", (row,))
+            self._db.execute(
+                "DELETE FROM set_aside WHERE row NOT IN (SELECT row FROM set_aside ORDER BY row DESC LIMIT ?)",
+                (SET_ASIDE_KEPT,),
+            )
+
+    def set_aside_keys(self) -> list[str]:
+        with self._lock:
+            return [str(k) for (k,) in self._db.execute("SELECT key FROM set_aside ORDER BY row")]
 
     def depth(self) -> int:
         with self._lock:
@@ -385,6 +413,7 @@ class Writeback:
         self.on_failure = on_failure
         self.destination = f"{settings.called_ae} at {settings.host}:{settings.port} (calling AE {self.calling_ae})"
         self.failures_in_a_row = 0
+        self._refusals: dict[int, int] = {}  # queue row -> failure statuses in a row (this run)
         self._full = False  # the queue refused an SR and has not taken one since (logged once per episode)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -510,7 +539,17 @@ class Writeback:
                 if code not in STORED:
                     if code < 0:
                         return sent, "unreachable", "no C-STORE response"
-                    return sent, "status", f"C-STORE answered status 0x{code:04X}"
+                    why = f"C-STORE answered status 0x{code:04X}"
+                    refusals = self._refusals[row.row] = self._refusals.get(row.row, 0) + 1
+                    if refusals < MAX_REFUSALS:
+                        return sent, "status", why
+                    log.error("%s: QC report set aside, the destination refused it %d times (%s)",
+                              row.key, refusals, why)  # fmt: skip
+                    self.queue.set_aside(row.row, why)
+                    self._refusals.pop(row.row, None)
+                    self._failed("refused")
+                    continue
+                self._refusals.pop(row.row, None)
                 self.queue.remove(row.row)
                 sent += 1
                 if self.on_sent is not None:

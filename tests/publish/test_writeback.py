@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 from edge.config import WritebackConfig, load_config
 from edge.pipeline import Pipeline
 from edge.publish.writeback import (
+    MAX_REFUSALS,
     SCHEME,
     SERIES_DESCRIPTION,
     Queue,
@@ -337,3 +338,45 @@ retry_max_s = 2
     assert list(referenced_uids(report)) == [image.SOPInstanceUID]
     probe = header(probe_path)
     assert probe.SOPInstanceUID not in referenced_uids(report)
+
+
+def test_a_report_the_destination_keeps_refusing_is_set_aside_and_the_rest_go(
+    judged: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A PACS that answers one report with a failure status (0xA700, out of resources) every time: after
+    MAX_REFUSALS tries it is set aside (kept in the queue file, counted as refused) and the reports
+    queued behind it are stored; none of the others is set aside."""
+    from pynetdicom import AE, evt
+
+    image_path, verdict = judged
+    keys = [f"jetson7-{n:04d}" for n in range(3)]
+    refused_uid = structured_report(header(image_path), verdict, "jetson7", keys[0], 0.0).SOPInstanceUID
+    stored: list[str] = []
+
+    def on_store(event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if uid == refused_uid:
+            return 0xA700
+        stored.append(uid)
+        return 0x0000
+
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(COMPREHENSIVE_SR)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None
+    try:
+        port = server.server_address[1]
+        failures: list[str] = []
+        queue = Queue(tmp_path / "writeback.sqlite", 100, 2**24)
+        writeback = Writeback(settings(port), "EDGEQC", "jetson7", queue, on_failure=failures.append)
+        for key in keys:
+            assert writeback.submit(image_path, verdict, key)
+        for attempt in range(1, MAX_REFUSALS):
+            assert writeback.send_pending() == (0, "status", "C-STORE answered status 0xA700"), attempt
+            assert queue.depth() == 3 and not stored
+        assert writeback.send_pending() == (2, None, "")
+        assert queue.depth() == 0 and len(stored) == 2 and refused_uid not in stored
+        assert queue.set_aside_keys() == [keys[0]] and failures == ["refused"]
+        queue.close()
+    finally:
+        server.shutdown()
