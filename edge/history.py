@@ -227,8 +227,9 @@ class History:
             log.info("history: %d rows past retention removed", removed)
         return removed
 
-    def keep(self, verdict: Mapping[str, Any], message_id: str, received_unix: float | None, probe: bool) -> None:
-        """Keep one committed verdict document; a failure is logged, never raised (nothing waits on it)."""
+    def keep(self, verdict: Mapping[str, Any], message_id: str, received_unix: float | None, probe: bool) -> bool:
+        """Keep one committed verdict document; False when it could not be (logged, never raised: nothing
+        waits on it; the daemon counts it)."""
         try:
             row = row_of(
                 verdict,
@@ -241,10 +242,12 @@ class History:
                 device=self.device,
             )
             self.record(row)
+            return True
         except (sqlite3.Error, OSError) as exc:
             log.warning("history: verdict %s not kept (%s)", message_id, exc)
         except Exception:  # a fault of this code: the verdict goes out all the same
             log.exception("history: verdict %s not kept", message_id)
+        return False
 
     def record(self, row: HistoryRow) -> None:
         """Keep one row (a replayed verdict, same message id, is kept once); prune when an hour has passed."""

@@ -199,6 +199,11 @@ class Metrics:
         )
         self.item_failures = Counter("edgeqc_item_failures_total", "Failed QC items", ["view", "item"], registry=r)
         self.publish_failures = Counter("edgeqc_publish_failures_total", "Publishes not acknowledged", registry=r)
+        self.history_failures = Counter(
+            "edgeqc_history_write_failures_total",
+            "Verdicts delivered but not kept in the device's history (edge-qc report will miss them)",
+            registry=r,
+        )
         self.associations = Counter("edgeqc_associations_total", "DICOM associations", ["result"], registry=r)
         self.associations_refused = Counter(
             "edgeqc_associations_refused_total",

@@ -332,8 +332,12 @@ class Service:
             self._retry(arrival)
             return
         self._commit_problem = ""
-        if self.history is not None:  # before the publisher hears of it, so its acknowledgement finds the row
-            self.history.keep(document, identifier, arrival.received_unix, arrival.probe)
+        if self.config.history.enabled:  # before the publisher hears of it, so its acknowledgement finds the row
+            kept = self.history is not None and self.history.keep(
+                document, identifier, arrival.received_unix, arrival.probe
+            )
+            if not kept:  # a history that could not be opened at start misses every verdict
+                self.metrics.history_failures.inc()
         self.publisher.notify()
         self._show(arrival, document, result)
         if self.writeback is not None and wanted(document, arrival.probe):

@@ -138,12 +138,12 @@ def test_end_to_end_time_is_noted_whichever_comes_first(tmp_path: Path) -> None:
 def test_a_failing_history_is_logged_and_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     history = open_history(tmp_path / "history.sqlite", Clock())
     with caplog.at_level(logging.ERROR, logger="edge.history"):
-        history.keep({"failed": ["not an item"]}, "jetson7-0", NOW, probe=False)  # a malformed document
+        assert history.keep({"failed": ["not an item"]}, "jetson7-0", NOW, probe=False) is False  # malformed
     assert "not kept" in caplog.records[-1].getMessage() and history.rows() == []
     caplog.clear()
     history.close()  # every write now fails
     with caplog.at_level(logging.WARNING, logger="edge.history"):
-        history.keep({"verdict": "pass"}, "jetson7-1", NOW, probe=False)
+        assert history.keep({"verdict": "pass"}, "jetson7-1", NOW, probe=False) is False
         history.delivered("jetson7-1", 0.5)
     assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
     assert "not kept" in caplog.records[0].getMessage()

@@ -174,6 +174,7 @@ def test_the_report_counts_what_the_daemon_counted_and_survives_restarts(tmp_pat
         assert before[("item", "ap", "exposure_index")] == 1 and before[("item", "ap", "upper_coverage")] == 1
         csv_text = report(config, "--format", "csv")
         assert report_counts(csv_text) == before
+        assert daemon is not None and "edgeqc_history_write_failures_total 0.0" in daemon.scrape()
         assert "Overexposure" in csv_text and "Not judged by edge-qc" in csv_text
         assert "probes,,,probes,,1," in csv_text  # the probe: said, and in no count
 
