@@ -304,16 +304,18 @@ class Metrics:
                 continue
             self.certificate_expiry.labels(name).set(expiry)
 
-    def expect(self, items_by_view: Mapping[str, Iterable[str]]) -> None:
-        """Start the verdict and item counters at zero for every view and item the standard judges: a
-        series born at its first event hides that event from increase() and rate(), so a room's first
-        failure of an item would never show on the dashboard."""
-        for view, items in items_by_view.items():
-            for outcome in ("pass", "fail", "indeterminate"):
+    def expect(self, items_by_view: Mapping[str, Iterable[str]], indeterminate_codes: Iterable[str] = ()) -> None:
+        """Start the verdict, item and indeterminate-reason counters at zero for every view and item the
+        standard judges: a series born at its first event hides that event from increase() and rate(),
+        so a room's first failure of an item would never show on the dashboard."""
+        codes = tuple(indeterminate_codes)
+        for view in (*items_by_view, "unknown"):
+            for outcome in ("pass", "fail", "indeterminate") if view != "unknown" else ("indeterminate",):
                 self.judged.labels(view, outcome)
-            for item in items:
+            for code in codes:
+                self.indeterminate.labels(view, code)
+            for item in items_by_view.get(view, ()):
                 self.item_failures.labels(view, item)
-        self.judged.labels("unknown", "indeterminate")
 
     def observe_verdict(self, verdict: dict[str, Any], probe: bool = False) -> None:
         """Count one verdict (the JSON of edge.qc.verdict) where it is made; a health probe's verdict

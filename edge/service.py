@@ -35,7 +35,7 @@ from edge.publish.mqtt import Publisher
 from edge.publish.outbox import Message, Outbox
 from edge.publish.writeback import Writeback, wanted
 from edge.qc.overlay import draw_overlay
-from edge.qc.verdict import Verdict
+from edge.qc.verdict import INDETERMINATE_CODES, Verdict
 from edge.qc.words import Words
 from edge.room import LABELS, OverlayRenderer, RoomFeed, display_event, handle
 from edge.systemd import Watchdog, notify
@@ -96,7 +96,7 @@ class Service:
         self.pipeline = ReloadingPipeline(config)
         self.queue: queue.Queue[Arrival] = queue.Queue(maxsize=config.service.queue_size)
         self.metrics = Metrics(sysfs_root=Path(os.environ.get(SYSFS_ROOT_ENV) or "/"))
-        self.metrics.expect(self.pipeline.items_by_view)
+        self.metrics.expect(self.pipeline.items_by_view, INDETERMINATE_CODES)
         self.publisher = Publisher(
             self.outbox,
             mqtt,
@@ -394,7 +394,7 @@ class Service:
                 old, self.pipeline = self.pipeline, candidate
                 self._follow_activation()
             old.close()
-            self.metrics.expect(self.pipeline.items_by_view)
+            self.metrics.expect(self.pipeline.items_by_view, INDETERMINATE_CODES)
             if self.room is not None:
                 self.room.relabel(room_labels(self.pipeline.words))
         applied += [f"dicom.{name}" for name in self.scp.apply(config.dicom)]

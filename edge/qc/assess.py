@@ -25,7 +25,7 @@ from edge.qc.measure import Context, Measurement, Spine, anatomy_mask
 from edge.qc.segmentation import Segmentation, field_box
 from edge.qc.standard import Standard
 from edge.qc.structures import VIEW_CLASSES, VIEW_NAMES, View, view_of_class
-from edge.qc.verdict import Verdict, ViewInfo
+from edge.qc.verdict import IndeterminateCode, Verdict, ViewInfo
 from edge.qc.words import ENGLISH, N_, Phrase, Words, phrase, structures_phrase
 
 # The model's view head decides the view when at least this sure; below it, the DICOM tags do.
@@ -193,7 +193,7 @@ def assess(
     site_target = target_exposure_index.get(view.judged) if view.judged else None
     exposure, _ = exposure_of(radiograph.exposure, site_target)
 
-    def indeterminate(reason: Phrase | str, code: str, read: Reading | None = None) -> Assessment:
+    def indeterminate(reason: Phrase | str, code: IndeterminateCode, read: Reading | None = None) -> Assessment:
         """Read but not judged; `reason` a msgid or a phrase (said here in the site's language), or a
         sentence already said (it has no catalogue entry and passes unchanged)."""
         verdict = Verdict.indeterminate(

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from edge.imaging.radiograph import AcquisitionTags
 from edge.qc.confidence import Reading
@@ -25,6 +25,10 @@ from edge.qc.words import ENGLISH, N_, Words, phrase
 
 SCHEMA_ID: Final = "https://edge-qc.invalid/schemas/verdict-1.json"
 VerdictValue = Literal["pass", "fail", "indeterminate", "rejected"]
+# Why an image that was read could not be judged: the stable codes of indeterminate verdicts (metrics,
+# history, reports), defined once; the daemon's counters start at zero for each.
+IndeterminateCode = Literal["not_lumbar_spine", "view_unknown", "unreadable", "items_unmeasurable"]
+INDETERMINATE_CODES: Final[tuple[IndeterminateCode, ...]] = get_args(IndeterminateCode)
 
 # The banner line, by verdict (pass and fail count the checks: see `headline`).
 HEADLINE_INDETERMINATE: Final = N_("Check the image yourself")
@@ -150,7 +154,7 @@ class Verdict:
         cls,
         *,
         reason: str,
-        code: str,
+        code: IndeterminateCode,
         view: ViewInfo | None,
         image: Mapping[str, object],
         versions: Mapping[str, str],

@@ -165,6 +165,9 @@ def test_every_gauge_has_its_value_in_a_running_daemon(bed: Bed) -> None:
     failures = {frozenset(k.split(",")): v for k, v in samples(text, "edgeqc_item_failures_total").items()}
     assert failures[frozenset({'view="oblique"', 'item="obliquity"'})] == 0
     assert len(failures) == 31  # every item of every view of the shipped standard
+    unsure = {frozenset(k.split(",")): v for k, v in samples(text, "edgeqc_images_indeterminate_total").items()}
+    assert len(unsure) == 16 and set(unsure.values()) == {0.0}  # ap/lateral/oblique/unknown x 4 reason codes
+    assert unsure[frozenset({'view="unknown"', 'reason="not_lumbar_spine"'})] == 0
 
     before = time.time()
     bed.store_and_wait("ap-pass")
@@ -248,8 +251,9 @@ def test_every_dashboard_panel_returns_data_from_prometheus(bed: Bed, prometheus
     for title in NO_DATA_HERE:  # the list holds only panels that really have none here
         assert any(t == title for t, _ in queries), f"{title}: no such panel"
         assert not any(has_data(prometheus.query(e)) for t, e in queries if t == title), f"{title} has data now"
-    assert prometheus.query('sum(edgeqc_images_indeterminate_total{reason="not_lumbar_spine"}) == 1')
-    assert prometheus.query('edgeqc_images_rejected_total{reason="not_greyscale"} == 1')
+    # the counters start at zero, so a panel has data before the last verdicts are scraped: wait for them
+    assert wait_for(lambda: prometheus.query('sum(edgeqc_images_indeterminate_total{reason="not_lumbar_spine"}) == 1'))
+    assert wait_for(lambda: prometheus.query('edgeqc_images_rejected_total{reason="not_greyscale"} == 1'))
     # the exposure histogram per view: every view's median DI is a number (the ratio is positive)
     medians = prometheus.query(
         "10 * log10(histogram_quantile(0.5, sum by (view, le) (edgeqc_exposure_index_ratio_bucket)))")
