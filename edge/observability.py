@@ -44,8 +44,6 @@ STAGE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 2.0, 
 # ratio is positive, so the histogram's sum and rates mean something, and a quantile of the ratio maps
 # to a DI quantile through the log. The monitoring pack's promtool tests use these bounds as printed.
 DI_RATIO_BUCKETS: Final = tuple(10 ** (d / 10) for d in (-4, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 4))
-# Why a sender was turned away (edge.dicom.scp classifies: the same tuple there), each counted from zero.
-REFUSAL_REASONS: Final = ("unknown_calling_aet", "wrong_called_aet", "address_not_allowed", "tls", "too_many", "other")
 
 
 def exposure_ratio(exposure: Mapping[str, Any] | None) -> float | None:
@@ -207,12 +205,10 @@ class Metrics:
         self.associations = Counter("edgeqc_associations_total", "DICOM associations", ["result"], registry=r)
         self.associations_refused = Counter(
             "edgeqc_associations_refused_total",
-            "DICOM associations and connections refused, by reason: " + ", ".join(REFUSAL_REASONS),
+            "DICOM associations and connections refused, by reason (edge.dicom.scp.REFUSAL_REASONS)",
             ["reason"],
             registry=r,
         )
-        for reason in REFUSAL_REASONS:
-            self.associations_refused.labels(reason)  # each reason from zero, so increase() sees the first
         self.exposure_ratio = Histogram(
             "edgeqc_exposure_index_ratio",
             "Exposure index over the target exposure index (EI/EI_T) per view of images judged pass or fail,"
@@ -233,7 +229,8 @@ class Metrics:
         )
         self.certificate_expiry = Gauge(
             "edgeqc_tls_certificate_expiry_timestamp_seconds",
-            "notAfter of each configured certificate file (the earliest in a bundle), read at start and on reload",
+            "notAfter of each configured certificate file (the earliest in a bundle), read at start, when the TLS"
+            " contexts load them",
             ["certificate"],
             registry=r,
         )
@@ -287,7 +284,7 @@ class Metrics:
         self.reload_timestamp.set_to_current_time()
 
     def association_refused(self, reason: str) -> None:
-        """One refused association or connection, with its reason (one of REFUSAL_REASONS)."""
+        """One refused association or connection, with its reason (edge.dicom.scp.REFUSAL_REASONS)."""
         self.associations_refused.labels(reason).inc()
 
     def certificates(self, files: Mapping[str, str | Path]) -> None:
@@ -304,10 +301,17 @@ class Metrics:
                 continue
             self.certificate_expiry.labels(name).set(expiry)
 
-    def expect(self, items_by_view: Mapping[str, Iterable[str]], indeterminate_codes: Iterable[str] = ()) -> None:
-        """Start the verdict, item and indeterminate-reason counters at zero for every view and item the
-        standard judges: a series born at its first event hides that event from increase() and rate(),
-        so a room's first failure of an item would never show on the dashboard."""
+    def expect(
+        self,
+        items_by_view: Mapping[str, Iterable[str]],
+        indeterminate_codes: Iterable[str] = (),
+        refusal_reasons: Iterable[str] = (),
+    ) -> None:
+        """Start the verdict, item, indeterminate-reason and refusal counters at zero for every view, item
+        and reason: a series born at its first event hides that event from increase() and rate(), so a
+        room's first failure of an item (or first refused modality) would never show on the dashboard."""
+        for reason in refusal_reasons:
+            self.associations_refused.labels(reason)
         codes = tuple(indeterminate_codes)
         for view in (*items_by_view, "unknown"):
             for outcome in ("pass", "fail", "indeterminate") if view != "unknown" else ("indeterminate",):

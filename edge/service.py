@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from edge.config import Config
 from edge.dicom.decode import accession_number, part10_meta
-from edge.dicom.scp import LIVE_SETTINGS, StorageScp
+from edge.dicom.scp import LIVE_SETTINGS, REFUSAL_REASONS, StorageScp
 from edge.dicom.spool import Arrival, Spool
 from edge.history import History
 from edge.observability import Metrics, MetricsServer
@@ -96,7 +96,7 @@ class Service:
         self.pipeline = ReloadingPipeline(config)
         self.queue: queue.Queue[Arrival] = queue.Queue(maxsize=config.service.queue_size)
         self.metrics = Metrics(sysfs_root=Path(os.environ.get(SYSFS_ROOT_ENV) or "/"))
-        self.metrics.expect(self.pipeline.items_by_view, INDETERMINATE_CODES)
+        self.metrics.expect(self.pipeline.items_by_view, INDETERMINATE_CODES, REFUSAL_REASONS)
         self.publisher = Publisher(
             self.outbox,
             mqtt,
@@ -394,7 +394,7 @@ class Service:
                 old, self.pipeline = self.pipeline, candidate
                 self._follow_activation()
             old.close()
-            self.metrics.expect(self.pipeline.items_by_view, INDETERMINATE_CODES)
+            self.metrics.expect(self.pipeline.items_by_view, INDETERMINATE_CODES, REFUSAL_REASONS)
             if self.room is not None:
                 self.room.relabel(room_labels(self.pipeline.words))
         applied += [f"dicom.{name}" for name in self.scp.apply(config.dicom)]

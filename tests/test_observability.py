@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.dicom.scp import REFUSAL_REASONS
 from edge.observability import Metrics
 
 
@@ -157,6 +158,7 @@ def test_gauges_without_a_daemon() -> None:
     import platform
 
     metrics = Metrics(sysfs_root=Path("/nonexistent"))
+    metrics.expect({}, (), REFUSAL_REASONS)  # as the daemon does at start
     metrics.reload_result(False)
     metrics.association_refused("wrong_called_aet")
     text = metrics.exposition().decode()
@@ -172,7 +174,6 @@ def test_gauges_without_a_daemon() -> None:
 def test_every_refusal_the_scp_classifies_is_a_primed_reason() -> None:
     """Whatever A-ASSOCIATE-RJ the SCP sends, its reason is one the counter starts at zero."""
     from edge.dicom.scp import rejection_reason
-    from edge.observability import REFUSAL_REASONS
 
     seen = {rejection_reason(result, source, diagnostic)
             for result in (1, 2) for source in (1, 2, 3) for diagnostic in range(11)}  # fmt: skip

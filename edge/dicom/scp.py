@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from pydicom.uid import (
     JPEG2000,
@@ -77,24 +77,26 @@ SUCCESS: Final = 0x0000
 OUT_OF_RESOURCES: Final = 0xA700
 # DICOM settings a reload applies to the running SCP; the others need a new socket or AE (a restart)
 LIVE_SETTINGS: Final = ("allowed_calling_aets", "allowed_addresses", "probe_calling_aets")
+# Why a sender was turned away: the label of edgeqc_associations_refused_total, defined once here where
+# refusals are classified (the daemon's counter starts at zero for each); "other" only for an
+# A-ASSOCIATE-RJ this SCP does not send today (a failed user identity, say).
+RefusalReason = Literal["unknown_calling_aet", "wrong_called_aet", "address_not_allowed", "tls", "too_many", "other"]
+REFUSAL_REASONS: Final[tuple[RefusalReason, ...]] = get_args(RefusalReason)
 
 
 @dataclass(frozen=True)
 class Refusal:
     """One sender turned away: why, from where, and what it asked for ("" where the refusal came
-    before its association request was read). The reason is the label of
-    edgeqc_associations_refused_total (edge.observability.REFUSAL_REASONS): unknown_calling_aet,
-    wrong_called_aet, address_not_allowed, tls, too_many; "other" only for an A-ASSOCIATE-RJ this SCP
-    does not send today (a failed user identity, say)."""
+    before its association request was read)."""
 
-    reason: str
+    reason: RefusalReason
     address: str
     calling: str = ""
     called: str = ""
     detail: str = ""  # e.g. the TLS error, the number of connections held
 
 
-def rejection_reason(result: int, source: int, diagnostic: int) -> str:
+def rejection_reason(result: int, source: int, diagnostic: int) -> RefusalReason:
     """The reason code of an A-ASSOCIATE-RJ (PS3.8 9.3.4: result, source, reason/diag.) as sent."""
     if source == 0x01 and diagnostic == 0x03:
         return "unknown_calling_aet"
