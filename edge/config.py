@@ -520,16 +520,20 @@ def _tls_files(dicom: DicomConfig, where: str, base: Path, found: _Found) -> Dic
     return checked
 
 
+def _state_file(value: object, dotted: str, where: str, base: Path) -> Path | None:
+    """A state file's path given as a string (its default, None, is beside the outbox), resolved
+    against the configuration's folder like every path."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: '{dotted}' must be a non-empty path string, got {value!r}")
+    return base / value
+
+
 def _writeback(writeback: WritebackConfig, where: str, base: Path, found: _Found) -> WritebackConfig:
     """The checks of [writeback] beyond types and ranges: a destination when enabled, AE titles, the
-    queue's path (given as a string: its default is beside the outbox), a backoff that grows."""
-    queue_path: object = writeback.queue_path
-    if queue_path is not None:
-        if not isinstance(queue_path, str) or not queue_path:
-            found.add(f"{where}: 'writeback.queue_path' must be a non-empty path string, got {queue_path!r}")
-            queue_path = None
-        else:
-            queue_path = base / queue_path
+    queue's path, a backoff that grows."""
+    queue_path = found.attempt(None, _state_file, writeback.queue_path, "writeback.queue_path", where, base)
     if writeback.enabled:
         for key in ("host", "called_ae"):
             if not getattr(writeback, key).strip():
@@ -554,13 +558,8 @@ def _writeback(writeback: WritebackConfig, where: str, base: Path, found: _Found
 
 
 def _history(history: HistoryConfig, where: str, base: Path) -> HistoryConfig:
-    """[history]'s path, given as a string (its default is beside the outbox), resolved like every path."""
-    path: object = history.path
-    if path is None:
-        return history
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"{where}: 'history.path' must be a non-empty path string, got {path!r}")
-    return dataclasses.replace(history, path=base / path)
+    """[history] with its path resolved."""
+    return dataclasses.replace(history, path=_state_file(history.path, "history.path", where, base))
 
 
 def _secret(section: str, key: str, value: str, environ: Mapping[str, str], where: str) -> str:
