@@ -11,7 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-ANSIBLE: Final = Path(__file__).resolve().parents[2] / "ansible"
+REPO: Final = Path(__file__).resolve().parents[2]
+ANSIBLE: Final = REPO / "ansible"
+BUILD_WHEEL: Final = ANSIBLE / "roles" / "edge_qc" / "files" / "build-wheel.sh"
+
+
+def build_wheel(folder: Path) -> str:
+    """This repository's wheel, built by the role's own script as the controller builds it; its path."""
+    return subprocess.run(
+        ["sh", str(BUILD_WHEEL), str(REPO), str(folder / "wheels"), sys.executable],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout.strip()
 
 
 def ansible_environment(folder: Path, **extra: str) -> dict[str, str]:

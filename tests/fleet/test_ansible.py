@@ -25,13 +25,12 @@ import numpy as np
 import pytest
 
 from edge.qc.structures import STRUCTURES
-from tests.fleet.environment import PLAYBOOK, Run, ansible_environment, run_playbook
+from tests.fleet.environment import PLAYBOOK, Run, ansible_environment, build_wheel, run_playbook
 from tools.testbed import Broker, VerdictSubscriber, accepts, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 MODELS = REPO / "engines" / "lumbar-resunet"
-BUILD_WHEEL = ANSIBLE / "roles" / "edge_qc" / "files" / "build-wheel.sh"
 
 pytestmark = pytest.mark.slow
 # Started as root, mosquitto drops to its own user, which cannot write into pytest's private tmp folders.
@@ -116,13 +115,7 @@ def staging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staging]:
     folder = tmp_path_factory.mktemp("fleet")
     broker = Broker(folder)
     broker.start()
-    wheel = subprocess.run(
-        ["sh", str(BUILD_WHEEL), str(REPO), str(folder / "wheels"), sys.executable],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    ).stdout.strip()
+    wheel = build_wheel(folder)
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     inventory = folder / "hosts.yml"  # JSON is YAML
     inventory.write_text(json.dumps({"edge_qc": {"hosts": {"room1": local}}}))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet.environment import PLAYBOOK, RECAP, Run, ansible_environment, run_playbook
+from tests.fleet.environment import PLAYBOOK, RECAP, Run, ansible_environment, build_wheel, run_playbook
 
 # With ansible-core (the fleet extra) come PyYAML and packaging; without it every test here skips.
 yaml = pytest.importorskip("yaml", reason="ansible-core is not installed in this environment (the fleet extra)")
@@ -49,7 +49,6 @@ else:
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 ROLE = ANSIBLE / "roles" / "edge_qc"
-BUILD_WHEEL = ROLE / "files" / "build-wheel.sh"
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 PYCUDA = DEFAULTS["edge_qc_pycuda_version"]
 TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
@@ -142,13 +141,7 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Device]:
         pytest.skip("ansible-core is not installed in this environment (pip install -e '.[fleet]')")
     folder = tmp_path_factory.mktemp("jetson")
     root = folder / "room1"
-    wheel = subprocess.run(
-        ["sh", str(BUILD_WHEEL), str(REPO), str(folder / "wheels"), sys.executable],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    ).stdout.strip()
+    wheel = build_wheel(folder)
     # Stand-in for the system dist-packages of JetPack's python3-libnvinfer: for the path test only.
     dist_packages = folder / "stand-in-system-dist-packages"
     (dist_packages / "tensorrt").mkdir(parents=True)
