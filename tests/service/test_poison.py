@@ -93,14 +93,15 @@ def test_a_poison_pill_is_quarantined_with_a_verdict_and_the_images_behind_it_go
         assert codes[-1] == "quarantined" and got[-1]["verdict"] == "rejected"  # the suspect goes last
         assert sorted(codes[:2]) == sorted(bombs)  # bombs: a rejected verdict each, no death, no quarantine
         assert [v["verdict"] for v in got[2:4]] == ["fail", "fail"]  # the good images were judged
-        assert not pill.exists()  # moved out of the spool...
+        # MQTT hears of a verdict before its spool entry goes (the radiographer first): wait for the move
+        assert wait_for(lambda: not pill.exists(), timeout=10)  # moved out of the spool...
         quarantined = list((spool / "quarantine").glob("*.dcm"))
         assert [q.name for q in quarantined] == [pill.name]  # ...into quarantine, private to the service
         assert stat.S_IMODE(quarantined[0].stat().st_mode) & 0o077 == 0
         assert stat.S_IMODE((spool / "quarantine").stat().st_mode) == 0o700
         pill_uid = hashed_uid(pydicom.dcmread(good[0]).SOPInstanceUID)  # named by its UID (hashed by default)
         assert got[-1]["image"]["sop_instance_uid"] == pill_uid
-        assert not list(spool.glob("*.dcm")) and not list(spool.glob(".*.attempts"))
+        assert wait_for(lambda: not list(spool.glob("*.dcm")) and not list(spool.glob(".*.attempts")), timeout=10)
     finally:
         service.stop(drain_s=5)
         subscriber.close()
@@ -124,7 +125,8 @@ def test_a_fault_of_the_appliance_gives_one_internal_error_verdict_and_serving_g
         (verdict,) = verdicts(subscriber)
         assert (verdict["verdict"], verdict["reason_code"]) == ("rejected", "internal_error")
         assert verdict["image"]["sop_instance_uid"]
-        assert not list((tmp_path / "spool").glob("*.dcm")) and not list((tmp_path / "spool").glob(".*"))
+        spool = tmp_path / "spool"  # emptied just after MQTT hears of the verdict (the radiographer first)
+        assert wait_for(lambda: not list(spool.glob("*.dcm")) and not list(spool.glob(".*")), timeout=10)
         time.sleep(1)
         assert len(subscriber.payloads("verdict")) == 1  # once, not retried for ever
     finally:

@@ -78,7 +78,8 @@ def test_every_image_gets_its_verdict_over_mqtt(broker: Broker, studies: dict[st
         assert original.SOPInstanceUID not in text  # hashed by default
         status = subscriber.payloads("status")
         assert status and status[-1]["state"] == "online"
-        assert not list((tmp_path / "spool").glob("*.dcm"))  # spool emptied once verdicts were queued
+        # the spool is emptied once verdicts are queued, just after MQTT hears of each
+        assert wait_for(lambda: not list((tmp_path / "spool").glob("*.dcm")), timeout=10)
         scraped = check_endpoints(daemon)
         assert 'edgeqc_images_judged_total{verdict="fail",view="ap"} 1.0' in scraped
         assert "edgeqc_images_received_total 3.0" in scraped
