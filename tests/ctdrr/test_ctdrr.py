@@ -208,4 +208,4 @@ def test_judging_drrs_counts_wrong_anatomy_and_measures_on_exact_labels(
     summary = [line for line in lines if line.startswith("obliquity on exact masks")]
     assert summary, lines
     mae = float(summary[0].split("MAE ")[1].split(" deg")[0])
-    assert mae < 12.0  # exact labels: the eye's position reads the turn to within a few degrees
+    assert mae < 5.0  # exact labels: the two pedicles read the turn to within a few degrees (2.8 here)
