@@ -51,29 +51,29 @@ def pedicles_of(detail: dict[str, Any]) -> dict[str, tuple[float, float | None]]
     return {level: (float(pair[0]), None if pair[1] is None else float(pair[1])) for level, pair in found.items()}
 
 
-def phantom_samples(pipeline: Pipeline, folder: Path) -> list[Sample]:
+def oblique_samples(pipeline: Pipeline, folder: Path, exact_labels: bool) -> list[Sample]:
+    """The measured obliques of a set: a phantom set through the whole pipeline (the model's masks), a
+    CT DRR set on its exact labels, each CT a source of its own."""
     manifest = json.loads((folder / "manifest.json").read_text())
     out = []
     for entry in manifest["images"]:
         if entry["view"] != "oblique":
             continue
-        item = pipeline.process(folder / entry["file"]).verdict.items.get("obliquity")
+        if exact_labels:
+            verdict = assess_on_truth(pipeline, folder, entry).verdict
+            source, truth = f"CT {entry['ct']}", true_obliquity(entry)
+        else:
+            verdict = pipeline.process(folder / entry["file"]).verdict
+            source, truth = f"phantom {folder.name}", float(entry["qc"]["items"]["obliquity"]["value"])
+        item = verdict.items.get("obliquity")
         if item is not None and item.value is not None:
-            truth = float(entry["qc"]["items"]["obliquity"]["value"])
-            out.append(Sample(f"phantom {folder.name}", truth, pedicles_of(item.detail)))
+            out.append(Sample(source, truth, pedicles_of(item.detail)))
     return out
 
 
-def ct_samples(pipeline: Pipeline, folder: Path) -> list[Sample]:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    out = []
-    for entry in manifest["images"]:
-        if entry["view"] != "oblique":
-            continue
-        item = assess_on_truth(pipeline, folder, entry).verdict.items.get("obliquity")
-        if item is not None and item.value is not None:
-            out.append(Sample(f"CT {entry['ct']}", true_obliquity(entry), pedicles_of(item.detail)))
-    return out
+def collect(pipeline: Pipeline, phantom_sets: list[Path], ct_sets: list[Path]) -> list[Sample]:
+    phantom = [s for folder in phantom_sets for s in oblique_samples(pipeline, folder, exact_labels=False)]
+    return phantom + [s for folder in ct_sets for s in oblique_samples(pipeline, folder, exact_labels=True)]
 
 
 def two_pedicle_angle(sample: Sample, ratio: float) -> float | None:
@@ -147,10 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one set to fit on (--phantom or --ct)")
     pipeline = Pipeline(Config() if args.model is None else Config(model=ModelConfig(path=args.model)))
     try:
-        fitting = [s for f in args.phantom for s in phantom_samples(pipeline, f)]
-        fitting += [s for f in args.ct for s in ct_samples(pipeline, f)]
-        heldout = [s for f in args.heldout_phantom for s in phantom_samples(pipeline, f)]
-        heldout += [s for f in args.heldout_ct for s in ct_samples(pipeline, f)]
+        fitting = collect(pipeline, args.phantom, args.ct)
+        heldout = collect(pipeline, args.heldout_phantom, args.heldout_ct)
     finally:
         pipeline.close()
     if not fitting:

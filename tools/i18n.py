@@ -3,7 +3,7 @@
 extract   every msgid into edge/locale/edge-qc.pot: the shipped standard's titles and messages, and from
           edge/qc the strings marked N_(...), phrase(...)/Phrase(...), words.text(...), words.plural(...),
           measurements' reason="...", the names tables (structures, views, reading checks) and the
-          literal reasons Spine.implausible/misread give; then merges it into each language's .po
+          literal reasons Spine.implausible/misread/unanchored give; then merges it into each language's .po
           (new msgids arrive untranslated, so `check` lists them until someone translates them)
 compile   every edge/locale/<lang>/LC_MESSAGES/edge-qc.po into its .mo; or `compile SITE.po [OUT.mo]`,
           a site's own catalogue (qc.catalogue)
@@ -39,7 +39,7 @@ POT: Final = LOCALE / f"{DOMAIN}.pot"
 MARKERS: Final = frozenset({"N_", "phrase", "Phrase"})
 # dictionaries of msgids by key, and methods whose literal return values are msgids
 NAME_TABLES: Final = frozenset({"STRUCTURE_NAMES", "VIEW_NAMES", "CHECK_NAMES"})
-REASON_METHODS: Final = frozenset({"implausible", "misread"})
+REASON_METHODS: Final = frozenset({"implausible", "misread", "unanchored"})
 PLACEHOLDER: Final = re.compile(r"(?<!\{)\{(\w+)")
 
 

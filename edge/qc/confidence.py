@@ -9,7 +9,8 @@ lumbar spine it can read:
 - the model is sure which level it is (a body shared between two level channels is a level it cannot
   name: the commonest real-film error is a whole spine named one level off),
 - the bodies have sizes a spine has (neighbours within a factor, not a body beside a speck),
-- paired structures come in pairs (one SI joint without the other is not a pelvis the model read).
+- paired structures come in pairs (one SI joint without the other is not a pelvis the model read),
+- the levels can be counted: the sacrum or the iliac crests are found (`Spine.unanchored`).
 
 Each check is a number with a limit; the limits are calibrated on labelled images (own phantom, and
 real AP films of development patients whose levels clinicians marked), by measured error rates, and
@@ -156,7 +157,7 @@ def reading(
     whole = [lv for lv in spine.lumbar_levels if not seg.touches_field(f"body_{lv}")]
     signals = {lv: s for lv in whole if (s := body_signals(seg, lv)) is not None}
     misread = spine.misread()
-    failed: list[str] = [text for text in (view_disagreement, misread) if text]
+    failed: list[str] = [text for text in (view_disagreement, misread, spine.unanchored()) if text]
     checks: dict[str, float] = {}
     worst: dict[str, str] = {}  # the level each per-body check was read on
     if signals:

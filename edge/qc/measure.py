@@ -137,6 +137,14 @@ class Spine:
             return "vertebral spacing irregular"
         return ""
 
+    def unanchored(self) -> str:
+        """Why the lumbar levels cannot be counted ("" when they can): levels are named by counting
+        from the lumbosacral junction, or from the iliac crests beside L4-L5. With neither in sight, a
+        run of well-formed bodies named L1-L5 may be T11-L3 (a CT DRR of T10-L3 is read so)."""
+        if not self.lumbar_levels or self.seg.present("sacrum") or self.seg.present("iliac_crest"):
+            return ""
+        return "lumbar levels not counted: neither the sacrum nor the iliac crests found"
+
     @property
     def lumbar_levels(self) -> list[str]:
         return [lv for lv in LUMBAR_LEVELS if lv in self.centres]

@@ -202,7 +202,8 @@ def fine_box(prob: F32, region: NDArray[np.bool_] | None = None) -> Box | None:
 
 def field_box(seg: Segmentation) -> Box | None:
     """The exposed field: edges where the field's row and column occupancy crosses one half, so that
-    a stray pixel or a rounded corner does not move an edge."""
+    a stray pixel or a rounded corner does not move an edge. None when there is no such field (a
+    scattered field mask whose rows and columns never reach one half)."""
     p = seg.prob("field")
     mask = p > THRESHOLD
     if mask.sum() < 100:
@@ -212,14 +213,17 @@ def field_box(seg: Segmentation) -> Box | None:
     mid_cols = slice(int(np.percentile(cols, 25)), int(np.percentile(cols, 75)) + 1)
     col_profile = p[mid_rows].mean(axis=0).astype(np.float64)
     row_profile = p[:, mid_cols].mean(axis=1).astype(np.float64)
-    x0, x1 = _crossings(col_profile)
-    y0, y1 = _crossings(row_profile)
-    return Box(x0, x1, y0, y1)
+    across, along = _crossings(col_profile), _crossings(row_profile)
+    if across is None or along is None:
+        return None
+    return Box(*across, *along)
 
 
-def _crossings(profile: F64) -> tuple[float, float]:
+def _crossings(profile: F64) -> tuple[float, float] | None:
     """First rising and last falling crossing of the threshold, interpolated, as pixel-edge positions."""
     above = np.flatnonzero(profile > THRESHOLD)
+    if len(above) == 0:
+        return None
     first, last = int(above[0]), int(above[-1])
     lo = first - 0.5
     if first > 0:

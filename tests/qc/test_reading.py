@@ -122,6 +122,21 @@ def test_missed_si_joints_leave_only_pelvis_rotation_indeterminate(
         assert verdict.verdict == "indeterminate" and verdict.reason_code == "items_unmeasurable"
 
 
+def test_levels_with_nothing_to_count_from_are_unreadable(pipeline: Pipeline, ap_case: Case) -> None:
+    """Without the sacrum and the iliac crests the bodies' names are the model's guess (held-out CT
+    DRRs of T10-L3 were read as L1-L5 and failed on that reading): indeterminate; either anchor alone
+    is enough."""
+    for removed, readable in ((("sacrum", "iliac_crest"), False), (("sacrum",), True), (("iliac_crest",), True)):
+        masks = ap_case[1].copy()
+        for name in removed:
+            masks[_channel(name)] = 0.0
+        verdict = _assess(pipeline, ap_case, masks).verdict
+        assert verdict.reading is not None and verdict.reading.readable is readable, (removed, verdict.reading)
+        if not readable:
+            assert verdict.verdict == "indeterminate" and verdict.reason_code == "unreadable"
+            assert "neither the sacrum nor the iliac crests found" in verdict.reason and not verdict.items
+
+
 def test_a_model_manifest_carries_its_reading_limits(tmp_path: Path) -> None:
     import json
     import shutil

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge.imaging.preprocess import make_transform
-from edge.qc.segmentation import THRESHOLD, Segmentation, fine_box, fine_points
+from edge.qc.segmentation import THRESHOLD, Segmentation, field_box, fine_box, fine_points
 from edge.qc.structures import STRUCTURES, VIEW_CLASSES
 
 
@@ -75,3 +75,17 @@ def test_unions_are_found_once_and_cannot_be_changed() -> None:
     with pytest.raises(ValueError, match="read-only"):
         union[0, 0] = 1.0
     assert seg.union_box(["body_L3", "sacrum"]) == fine_box(union)
+
+
+def test_a_scattered_field_mask_is_no_field() -> None:
+    """Field pixels strewn over the square (as a model gives on an image it cannot read) reach one half
+    in no row or column: no field, which assess makes indeterminate, instead of an error."""
+    rng = np.random.default_rng(6)
+    probs = np.zeros((len(STRUCTURES), 64, 64), dtype=np.float32)
+    probs[STRUCTURES.index("field")] = np.where(rng.random((64, 64)) < 0.3, np.float32(0.9), np.float32(0.0))
+    views = np.full(len(VIEW_CLASSES), 1 / len(VIEW_CLASSES), np.float32)
+    seg = Segmentation(probs, views, make_transform(64, 64, 64), 1.5)
+    assert field_box(seg) is None
+    probs[STRUCTURES.index("field"), 10:50, 8:40] = 0.9  # and a field where there is one
+    box = field_box(Segmentation(probs, views, make_transform(64, 64, 64), 1.5))
+    assert box is not None and (box.x0, box.x1, box.y0, box.y1) == pytest.approx((8.0, 40.0, 10.0, 50.0), abs=1.0)
