@@ -59,3 +59,20 @@ def test_a_real_endplate_can_be_seen_single() -> None:
         }
         assert min(doubling.values()) < 0.5, (level, doubling)
         assert max(doubling.values()) > 5.0
+
+
+def test_the_held_out_ct_is_measured_on_its_exact_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """verse012 holds no sacrum and no pelvis: the reading gate would call its levels uncountable, but
+    exact labels need no gate, so the judge measures them; the two pedicles read its turn closely."""
+    from tools.ctdrr.__main__ import main as render_set
+    from tools.ctdrr.judge import main as judge
+
+    folder = tmp_path / "drr"
+    arguments = ["--out", str(folder), "--count", "2", "--cts", "verse012", "--views", "obl", "--size", "512"]
+    assert render_set([*arguments, "--seed", "5"]) == 0
+    capsys.readouterr()
+    assert judge(["--set", str(folder), "--truth-masks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    summary = [line for line in lines if line.startswith("obliquity on exact masks")]
+    assert summary, lines  # without exact_masks the gate leaves nothing measured here
+    assert float(summary[0].split("MAE ")[1].split(" deg")[0]) < 3.0

@@ -71,7 +71,7 @@ def assess_on_truth(pipeline: Pipeline, folder: Path, entry: dict[str, Any]) -> 
     outputs = truth_outputs(entry, load_masks(folder / entry["masks"]), transform)
     return assess(
         radiograph, outputs.masks, outputs.view, transform, pipeline.standard,
-        target_exposure_index={}, versions=pipeline.versions, calibration=pipeline.manifest.reading_confidence,
+        target_exposure_index={}, versions=pipeline.versions, exact_masks=True,
     )  # fmt: skip
 
 

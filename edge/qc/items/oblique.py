@@ -100,7 +100,7 @@ def angle_from_pedicles(
 # line, fitted by `python -m tools.fit_obliquity` on the same sources (phantom 3.0 degrees, totalseg
 # 2.9, held-out verse012 1.5). It carries each anatomy's own proportions (the body's width and depth),
 # so it errs more across patients than the two pedicles do.
-EYE_TO_ANGLE: Final = (-12.96, 99.00)
+EYE_TO_ANGLE: Final = (-12.89, 98.87)
 
 
 def eye_to_angle(r: float) -> float:
