@@ -32,7 +32,6 @@ import numpy as np
 from edge.config import Config, ModelConfig
 from edge.pipeline import Pipeline
 from edge.qc.items.oblique import EYE_TO_ANGLE, PEDICLE_HALF_SPAN_TO_DEPTH, angle_from_pedicles
-from tools.ctdrr.judge import assess_on_truth, true_obliquity
 
 RATIOS = np.arange(0.40, 1.0001, 0.0025)  # pedicle half span over depth: anatomy keeps it well inside
 
@@ -54,6 +53,8 @@ def pedicles_of(detail: dict[str, Any]) -> dict[str, tuple[float, float | None]]
 def oblique_samples(pipeline: Pipeline, folder: Path, exact_labels: bool) -> list[Sample]:
     """The measured obliques of a set: a phantom set through the whole pipeline (the model's masks), a
     CT DRR set on its exact labels, each CT a source of its own."""
+    from tools.ctdrr.judge import assess_on_truth, true_obliquity  # the CT tools need torch: only here
+
     manifest = json.loads((folder / "manifest.json").read_text())
     out = []
     for entry in manifest["images"]:
