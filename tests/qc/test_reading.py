@@ -3,6 +3,7 @@ structure the model missed takes only the items that rely on it with it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import jsonschema
@@ -223,3 +224,30 @@ def test_random_noise_gets_no_confident_verdict(pipeline: Pipeline, tmp_path: Pa
     ds.PixelData = noise.astype(np.uint16).tobytes()
     verdict = pipeline.process(ds).verdict
     assert verdict.verdict in ("indeterminate", "rejected"), (verdict.verdict, verdict.reason_code)
+
+
+def _per_level(detail: Mapping[str, object], key: str) -> dict[str, object]:
+    value = detail[key]
+    assert isinstance(value, dict), detail
+    return value
+
+
+def test_obliquity_leaves_out_a_body_the_field_cuts(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A body the field cuts has the field's extent, not its own: the pedicles are placed across the
+    whole bodies only, and the turn is the median of those levels' angles."""
+    image = render_case(ideal_acquisition("oblique", projection="LPO"))
+    radiograph = decode_file(write_case(image, tmp_path))
+    net_input, transform = preprocess(radiograph.pixels, pipeline.manifest.input_size)
+    outputs = pipeline.backend.infer(net_input)
+    case = (radiograph, np.array(outputs.masks), np.array(outputs.view), transform)
+    full = _assess(pipeline, case, case[1]).verdict.items["obliquity"]
+    assert set(_per_level(full.detail, "pedicles")) == {"L2", "L3", "L4"} and full.detail["method"] == "both pedicles"
+    masks = case[1].copy()
+    rows = np.flatnonzero((masks[_channel("body_L4")] > 0.5).any(axis=1))
+    masks[_channel("field"), int(rows.mean()) :, :] = 0.0  # the field's lower edge through L4
+    cut = _assess(pipeline, case, masks).verdict.items["obliquity"]
+    assert set(_per_level(cut.detail, "pedicles")) == {"L2", "L3"}
+    kept = {lv: a for lv, a in _per_level(full.detail, "per_level_deg").items() if lv != "L4"}
+    assert _per_level(cut.detail, "per_level_deg") == kept
+    angles = [float(a) for a in kept.values()]  # type: ignore[arg-type]
+    assert cut.value == pytest.approx(float(np.median(angles)), abs=0.06)  # the kept angles are rounded
