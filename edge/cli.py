@@ -22,8 +22,9 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from edge.config import ConfigError, load_config
 from edge.engines.manifest import ManifestError, ModelManifest
@@ -285,7 +286,6 @@ def engine(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT, then drain: nothing received is dropped."""
     import signal
-    import threading
 
     from edge.logs import configure, fields
     from edge.service import Service
@@ -323,7 +323,7 @@ def serve(args: argparse.Namespace) -> int:
         extra=fields(event="serving", dicom_port=service.scp.port, versions=service.pipeline.versions),
     )
     while True:
-        stop.wait()
+        wait_for_signal(stop)
         if not hangup.is_set():
             break
         stop.clear()
@@ -332,6 +332,21 @@ def serve(args: argparse.Namespace) -> int:
     log.info("%s received: stopping", received[-1] if received else "stop", extra=fields(event="stopping"))
     service.stop()
     return 0
+
+
+# CPython runs a signal's Python handler in the main thread only, when that thread runs Python code.
+# The kernel hands a signal sent to the process (systemctl reload/stop) to any thread that does not
+# block it; when that is another thread, a main thread blocked in Event.wait() without a timeout is not
+# woken, and the SIGHUP or SIGTERM waits until something else wakes it: seen as a reload 30 s late and
+# a stop that never came. Waking this often bounds the delay.
+SIGNAL_POLL_S: Final = 0.25
+
+
+def wait_for_signal(event: threading.Event) -> None:
+    """Wait for `event` (set by a signal handler), waking every SIGNAL_POLL_S so that a signal the
+    kernel gave another thread has its handler run."""
+    while not event.wait(SIGNAL_POLL_S):
+        pass
 
 
 def reload(service: Service, path: Path, log: logging.Logger) -> None:
