@@ -25,14 +25,22 @@ from tests.qc.conftest import write_case
 Case = tuple[Radiograph, np.ndarray, np.ndarray, Transform]
 
 
-@pytest.fixture(scope="module")
-def ap_case(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Case:
-    """An ideal AP, decoded, with the model's masks."""
-    image = render_case(ideal_acquisition("ap", projection="AP"))
-    radiograph = decode_file(write_case(image, tmp_path_factory.mktemp("reading")))
+def _ideal_case(pipeline: Pipeline, folder: Path, view: str, projection: str) -> Case:
+    """An ideal image of the view, decoded, with the model's masks."""
+    radiograph = decode_file(write_case(render_case(ideal_acquisition(view, projection=projection)), folder))
     net_input, transform = preprocess(radiograph.pixels, pipeline.manifest.input_size)
     outputs = pipeline.backend.infer(net_input)
     return radiograph, np.array(outputs.masks), np.array(outputs.view), transform
+
+
+@pytest.fixture(scope="module")
+def ap_case(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _ideal_case(pipeline, tmp_path_factory.mktemp("reading"), "ap", "AP")
+
+
+@pytest.fixture(scope="module")
+def lpo_case(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return _ideal_case(pipeline, tmp_path_factory.mktemp("oblique"), "oblique", "LPO")
 
 
 def _assess(pipeline: Pipeline, case: Case, masks: np.ndarray) -> Assessment:
@@ -187,14 +195,10 @@ def test_a_view_the_tags_and_the_model_disagree_on_is_not_judged(pipeline: Pipel
     assert verdict.view is not None and verdict.view.agree is False
 
 
-def test_obliquity_without_articular_processes_takes_the_spinous_side(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_obliquity_without_articular_processes_takes_the_spinous_side(pipeline: Pipeline, lpo_case: Case) -> None:
     """The articular processes say which side is posterior; where the model (or a CT's labels) has
     none, the spinous process does, and the angle is the same within a degree."""
-    image = render_case(ideal_acquisition("oblique", projection="LPO"))
-    radiograph = decode_file(write_case(image, tmp_path))
-    net_input, transform = preprocess(radiograph.pixels, pipeline.manifest.input_size)
-    outputs = pipeline.backend.infer(net_input)
-    case = (radiograph, np.array(outputs.masks), np.array(outputs.view), transform)
+    case = lpo_case
     full = _assess(pipeline, case, case[1]).verdict.items["obliquity"]
     masks = case[1].copy()
     masks[_channel("articular_process")] = 0.0
@@ -232,14 +236,10 @@ def _per_level(detail: Mapping[str, object], key: str) -> dict[str, object]:
     return value
 
 
-def test_obliquity_leaves_out_a_body_the_field_cuts(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_obliquity_leaves_out_a_body_the_field_cuts(pipeline: Pipeline, lpo_case: Case) -> None:
     """A body the field cuts has the field's extent, not its own: the pedicles are placed across the
     whole bodies only, and the turn is the median of those levels' angles."""
-    image = render_case(ideal_acquisition("oblique", projection="LPO"))
-    radiograph = decode_file(write_case(image, tmp_path))
-    net_input, transform = preprocess(radiograph.pixels, pipeline.manifest.input_size)
-    outputs = pipeline.backend.infer(net_input)
-    case = (radiograph, np.array(outputs.masks), np.array(outputs.view), transform)
+    case = lpo_case
     full = _assess(pipeline, case, case[1]).verdict.items["obliquity"]
     assert set(_per_level(full.detail, "pedicles")) == {"L2", "L3", "L4"} and full.detail["method"] == "both pedicles"
     masks = case[1].copy()
