@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from edge.config import Config
+from edge.history import HistoryRow
 from edge.pipeline import Pipeline
 from tools.phantom.acquisition import Acquisition, sample_acquisition
 from tools.phantom.anatomy import PatientParams, sample_patient
@@ -129,3 +130,33 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
     return folder
+
+
+def history_row(message_id: str, committed_unix: float, **changes: object) -> HistoryRow:
+    """A history row of device jetson7 in room xr2 of site h1: an AP pass with nothing recorded beyond
+    the verdict, then `changes` (any HistoryRow field)."""
+    base = HistoryRow(
+        message_id=message_id,
+        committed_unix=committed_unix,
+        received_unix=None,
+        acquired=None,
+        station="XR2",
+        view="ap",
+        verdict="pass",
+        reason_code="",
+        failed=(),
+        warned=(),
+        ei=None,
+        ei_target=None,
+        di=None,
+        kvp=None,
+        mas=None,
+        degraded=False,
+        probe=False,
+        model="lumbar-resunet 0.2.0",
+        standard="lumbar 1.0",
+        site="h1",
+        room="xr2",
+        device="jetson7",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import pytest
 from edge.config import Config, ConfigError, HistoryConfig, ServiceConfig, parse_config
 from edge.history import COLUMNS, History, HistoryRow, history_path, open_for_reading, read_rows, row_of
 from edge.pipeline import Pipeline
+from tests.conftest import history_row
 from tests.qc.conftest import fault_case, write_case
 
 DAY = 86400.0
@@ -37,31 +38,20 @@ class Clock:
 
 
 def row(n: int, committed_unix: float, **changes: object) -> HistoryRow:
-    base = HistoryRow(
-        message_id=f"jetson7-{n:020d}-000001",
-        committed_unix=committed_unix,
-        received_unix=committed_unix - 0.5,
-        acquired="2026-05-28T10:00:00",
-        station="XR2",
-        view="ap",
-        verdict="fail",
-        reason_code="",
-        failed=("upper_coverage",),
-        warned=("centring",),
-        ei=310.0,
-        ei_target=300.0,
-        di=0.14,
-        kvp=81.0,
-        mas=12.5,
-        degraded=False,
-        probe=False,
-        model="lumbar-resunet 0.2.0",
-        standard="lumbar 1.0",
-        site="h1",
-        room="xr2",
-        device="jetson7",
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    """A failed AP with every acquisition fact recorded."""
+    recorded: dict[str, object] = {
+        "received_unix": committed_unix - 0.5,
+        "acquired": "2026-05-28T10:00:00",
+        "verdict": "fail",
+        "failed": ("upper_coverage",),
+        "warned": ("centring",),
+        "ei": 310.0,
+        "ei_target": 300.0,
+        "di": 0.14,
+        "kvp": 81.0,
+        "mas": 12.5,
+    }
+    return history_row(f"jetson7-{n:020d}-000001", committed_unix, **{**recorded, **changes})
 
 
 def open_history(path: Path, clock: Clock, retention_days: int = 400, max_rows: int = 1000) -> History:

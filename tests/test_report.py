@@ -4,7 +4,6 @@ quantiles, as CSV and as a self-contained HTML page with the exposure plot."""
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as dt
 import io
 import re
@@ -32,6 +31,7 @@ from edge.report import (
     to_html,
     trend_svg,
 )
+from tests.conftest import history_row
 
 START, END = dt.date(2026, 3, 2), dt.date(2026, 3, 4)
 
@@ -42,31 +42,7 @@ def at(day: int, hour: int = 10) -> float:
 
 
 def row(n: int, when: float, view: str, verdict: str, **changes: object) -> HistoryRow:
-    base = HistoryRow(
-        message_id=f"jetson7-{n}",
-        committed_unix=when,
-        received_unix=None,
-        acquired=None,
-        station="XR2",
-        view=view,
-        verdict=verdict,
-        reason_code="",
-        failed=(),
-        warned=(),
-        ei=None,
-        ei_target=None,
-        di=None,
-        kvp=None,
-        mas=None,
-        degraded=False,
-        probe=False,
-        model="lumbar-resunet 0.2.0",
-        standard="lumbar 1.0",
-        site="h1",
-        room="xr2",
-        device="jetson7",
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return history_row(f"jetson7-{n}", when, view=view, verdict=verdict, **changes)
 
 
 # ap: 3 pass, 2 fail; lateral: 1 pass, 1 fail, 1 indeterminate; unknown: 1 indeterminate, 1 rejected.
