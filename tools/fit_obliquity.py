@@ -31,7 +31,7 @@ import numpy as np
 
 from edge.config import Config, ModelConfig
 from edge.pipeline import Pipeline
-from edge.qc.items.oblique import EYE_TO_ANGLE, PEDICLE_HALF_SPAN_TO_DEPTH, angle_from_pedicles
+from edge.qc.items.oblique import EYE_TO_ANGLE, PEDICLE_HALF_SPAN_TO_DEPTH, both_pedicles, eye_position
 
 RATIOS = np.arange(0.40, 1.0001, 0.0025)  # pedicle half span over depth: anatomy keeps it well inside
 
@@ -78,14 +78,8 @@ def collect(pipeline: Pipeline, phantom_sets: list[Path], ct_sets: list[Path]) -
 
 
 def two_pedicle_angle(sample: Sample, ratio: float) -> float | None:
-    """The item's rule with `ratio` for the constant: the median over levels, two levels at least."""
-    found = [None if far is None else angle_from_pedicles(near, far, ratio) for near, far in sample.pedicles.values()]
-    angles = [a for a in found if a is not None]
-    return float(np.median(angles)) if len(angles) >= 2 else None
-
-
-def eye_position(sample: Sample) -> float:
-    return float(np.median([near for near, _ in sample.pedicles.values()]))
+    """The item's reading of the sample with `ratio` for the constant."""
+    return both_pedicles(sample.pedicles, ratio)[1]
 
 
 def by_source(samples: list[Sample]) -> dict[str, list[Sample]]:
@@ -114,7 +108,7 @@ def fit_ratio(samples: list[Sample]) -> float:
 def fit_eye_line(samples: list[Sample]) -> tuple[float, float]:
     """Least squares of truth on eye position, each source's samples weighted to one source's worth."""
     groups = by_source(samples)
-    rows = [(eye_position(s), s.truth, 1.0 / len(groups[s.source])) for s in samples]
+    rows = [(eye_position(s.pedicles), s.truth, 1.0 / len(groups[s.source])) for s in samples]
     x, y, w = (np.array(column) for column in zip(*rows, strict=True))
     design = np.column_stack([np.ones_like(x), x]) * np.sqrt(w)[:, None]
     offset, slope = np.linalg.lstsq(design, y * np.sqrt(w), rcond=None)[0]
@@ -131,7 +125,7 @@ def describe(errors: list[float], total: int) -> str:
 def report(title: str, samples: list[Sample], ratio: float, line: tuple[float, float]) -> None:
     print(title)
     for source, group in by_source(samples).items():
-        eye = [line[0] + line[1] * eye_position(s) - s.truth for s in group]
+        eye = [line[0] + line[1] * eye_position(s.pedicles) - s.truth for s in group]
         print(f"  {source:<24} both pedicles {describe(ratio_errors(group, ratio), len(group))};"
               f" eye line {describe(eye, len(group))}")  # fmt: skip
 

@@ -3,6 +3,7 @@ their ItemSpecs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 import numpy as np
@@ -96,6 +97,27 @@ def angle_from_pedicles(
     return float(np.degrees(np.arctan(half_span_to_depth * (far + near - 1.0) / (far - near))))
 
 
+Pedicles = Mapping[str, tuple[float, float | None]]  # level -> (near, far) positions across the body
+
+
+def both_pedicles(
+    positions: Pedicles, half_span_to_depth: float = PEDICLE_HALF_SPAN_TO_DEPTH
+) -> tuple[dict[str, float], float | None]:
+    """Each level's obliquity from its two pedicles, and the image's: their median, when two levels at
+    least have both (None otherwise)."""
+    angles = {}
+    for level, (near, far) in positions.items():
+        angle = None if far is None else angle_from_pedicles(near, far, half_span_to_depth)
+        if angle is not None:
+            angles[level] = angle
+    return angles, float(np.median(list(angles.values()))) if len(angles) >= 2 else None
+
+
+def eye_position(positions: Pedicles) -> float:
+    """The near pedicle's position across the body, the median over the levels."""
+    return float(np.median([near for near, _ in positions.values()]))
+
+
 # Eye position alone -> obliquity (degrees), for an image whose far pedicles were not found: a straight
 # line, fitted by `python -m tools.fit_obliquity` on the same sources (phantom 3.0 degrees, totalseg
 # 2.9, held-out verse012 1.5). It carries each anatomy's own proportions (the body's width and depth),
@@ -118,15 +140,11 @@ def obliquity(rule: ItemRule, seg: Segmentation, spine: Spine, field: Box, ctx: 
         # per level: the near pedicle's position across the body, then the far one's (null: not found)
         "pedicles": {k: [round(n, 3), None if f is None else round(f, 3)] for k, (n, f) in positions.items()},
     }
-    angles = {}
-    for level, (near, far) in positions.items():
-        angle = None if far is None else angle_from_pedicles(near, far)
-        if angle is not None:
-            angles[level] = angle
-    if len(angles) >= 2:
+    angles, angle = both_pedicles(positions)
+    if angle is not None:
         detail.update(method="both pedicles", per_level_deg={k: round(v, 1) for k, v in angles.items()})
-        return Measurement("obliquity", float(np.median(list(angles.values()))), "deg", detail)
-    r = float(np.median([near for near, _ in positions.values()]))
+        return Measurement("obliquity", angle, "deg", detail)
+    r = eye_position(positions)
     detail.update(method="eye position", eye_position=round(r, 3))
     return Measurement("obliquity", eye_to_angle(r), "deg", detail)
 
